@@ -1,0 +1,32 @@
+# `make test` and `make demo` set up .venv on a fresh machine, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo lint torch parity
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Optional extra: CPU PyTorch for the official-checkpoint loader and baselines.
+torch: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-torch.txt
+
+parity: $(STAMP)
+	for f in tests/fixtures/official_parity/*.json; do \
+	  $(PY) -m ib_attention_jax.interop.parity $$f || exit 1; done
+
+demo: $(STAMP)
+	$(PY) -m experiments.main --config=experiments/configs/quickstart.py --workdir=workdir/quickstart

@@ -1,0 +1,74 @@
+"""The VIB part: Gaussian latent from encoder statistics, and the official decoders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ib_attention_jax.models.attention import offset_softplus
+
+Array = jax.Array
+
+
+@chex.dataclass(frozen=True)
+class LatentOutput:
+    mean: Array  # (rows, K)
+    std: Array  # (rows, K) softplus(stats[:, K:] - 5)
+    samples: Array  # (n, rows, K)
+
+
+class GaussianLatent(nn.Module):
+    """Splits encoder statistics (rows, 2K) into mean and ``softplus(. - 5)`` std, draws n samples.
+
+    Noise comes from the ``latent`` RNG stream; ``deterministic=True`` gives zero noise.
+    """
+
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, stats: Array, *, num_samples: int = 1, deterministic: bool = False) -> LatentOutput:
+        k = self.latent_dim
+        chex.assert_shape(stats, (None, 2 * k))
+        stats = stats.astype(jnp.float32)
+        mean, std = stats[:, :k], offset_softplus(stats[:, k:])
+        shape = (num_samples,) + mean.shape
+        if deterministic:
+            eps = jnp.zeros(shape, mean.dtype)
+        else:
+            eps = jax.random.normal(self.make_rng("latent"), shape, mean.dtype)
+        return LatentOutput(mean=mean, std=std, samples=mean[None] + eps * std[None])
+
+
+class MLPDecoder(nn.Module):
+    """Linear K->K, ReLU, Linear K->classes (official VGG and CUB decoders)."""
+
+    num_classes: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, z: Array, train: bool = False) -> Array:
+        k = z.shape[-1]
+        z = nn.Dense(k, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype, name="fc1")(z)
+        z = nn.relu(z)
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.bias_init,
+                        dtype=self.dtype, name="fc2")(z)
+
+
+class ReLULinearDecoder(nn.Module):
+    """ReLU then Linear K->classes (the official WRN 'v3' decoder)."""
+
+    num_classes: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, z: Array, train: bool = False) -> Array:
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.bias_init,
+                        dtype=self.dtype, name="fc")(nn.relu(z))

@@ -1,0 +1,64 @@
+"""Small layers shared by the model families: initialisers, BatchNorm, Dense, pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+# PyTorch's defaults and the official initialisers, as Flax initialisers.
+xavier_uniform_relu = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")  # gain sqrt(2)
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
+
+
+def torch_default_bias(fan_in: int):
+    """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def uniform_01(key, shape, dtype=jnp.float32):
+    """U(0, 1): the LTPA initialiser of BatchNorm scales in the official VGG."""
+    return jax.random.uniform(key, shape, dtype)
+
+
+def batch_norm(train: bool, axis_name: str | None = None, dtype: Any = None, name: str | None = None,
+               scale_init=nn.initializers.ones_init()) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's numbers: momentum 0.1 (Flax 0.9), eps 1e-5.
+
+    ``axis_name`` makes the batch statistics a mean over devices in a pmap-style step.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        axis_name=axis_name if train else None, dtype=dtype,
+                        scale_init=scale_init, name=name)
+
+
+def max_pool(x: Array, window: int = 2, stride: int | None = None, padding: int = 0) -> Array:
+    """NHWC max-pool with symmetric padding (PyTorch ``MaxPool2d``)."""
+    stride = window if stride is None else stride
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+
+
+def adaptive_avg_pool(x: Array, out_hw: int) -> Array:
+    """PyTorch ``AdaptiveAvgPool2d`` (NHWC): bins [floor(i*H/o), ceil((i+1)*H/o)), may overlap."""
+    _, h, w, _ = x.shape
+
+    def bins(n: int) -> list[tuple[int, int]]:
+        return [((i * n) // out_hw, -((-(i + 1) * n) // out_hw)) for i in range(out_hw)]
+
+    rows = [jnp.mean(x[:, a:b], axis=1) for a, b in bins(h)]  # each (b, w, c)
+    x = jnp.stack(rows, axis=1)  # (b, o, w, c)
+    cols = [jnp.mean(x[:, :, a:b], axis=2) for a, b in bins(w)]
+    return jnp.stack(cols, axis=2)  # (b, o, o, c)

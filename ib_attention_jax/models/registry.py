@@ -1,0 +1,105 @@
+"""Models by name: the official AIB models, their plain baselines and a small quickstart model."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from ib_attention_jax.models import cub, small, vgg, wrn
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the library needs to know about a registered model."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str  # weight-naming family: vgg, wrn, cub_vgg16, cub_wrn50_2, small
+    image_size: int
+    num_classes: int  # default class count
+    num_anchors: int = 0  # default anchor count (0: no quantiser)
+    info_factor: float = 1.0  # the official c in beta * c * KL
+    plain: bool = False
+    description: str = ""
+
+    @property
+    def quantized(self) -> bool:
+        return self.num_anchors > 0
+
+
+_SPECS = [
+    ModelSpec("vgg_aib", vgg.vgg_aib, "vgg", 32, 10, 0, 0.5,
+              description="LTPA VGG, attention at 16x16, K=256 (official Vgg16_bn_lrn_VANet)"),
+    ModelSpec("vgg_aib_qt", vgg.vgg_aib, "vgg", 32, 10, 20, 0.5,
+              description="vgg_aib with 20 anchors (50 for CIFAR-100)"),
+    ModelSpec("wrn_aib", wrn.wrn_aib, "wrn", 32, 10, 0, 1.0,
+              description="WRN-28-10, dropout 0.3, ABN-style head, K=512 (official WideResNet)"),
+    ModelSpec("wrn_aib_qt", wrn.wrn_aib, "wrn", 32, 10, 50, 1.0,
+              description="wrn_aib with 50 anchors (20 for CIFAR-100)"),
+    ModelSpec("cub_vgg16_aib", cub.cub_vgg16_aib, "cub_vgg16", 224, 200, 0, 1.0,
+              description="VGG-16 at 224x224, attention at 14x14, K=256 (official VaNet_vgg)"),
+    ModelSpec("cub_vgg16_aib_qt", cub.cub_vgg16_aib, "cub_vgg16", 224, 200, 20, 1.0,
+              description="cub_vgg16_aib with the deeper QT mean head and 20 anchors"),
+    ModelSpec("cub_wrn50_2_aib", cub.cub_wrn50_2_aib, "cub_wrn50_2", 224, 200, 0, 1.0,
+              description="Wide ResNet-50-2 at 224x224, attention at 14x14, K=256 (official VaNet_wrn)"),
+    ModelSpec("cub_wrn50_2_aib_qt", cub.cub_wrn50_2_aib, "cub_wrn50_2", 224, 200, 20, 1.0,
+              description="cub_wrn50_2_aib with 20 anchors"),
+    ModelSpec("small_aib", small.small_aib, "small", 32, 10, 0, 1.0,
+              description="~125k-parameter AIB model for quickstarts and tests, K=64"),
+    ModelSpec("small_aib_qt", small.small_aib, "small", 32, 10, 8, 1.0,
+              description="small_aib with 8 anchors"),
+    ModelSpec("vgg_plain", vgg.vgg_plain, "vgg", 32, 10, plain=True,
+              description="baseline: the LTPA VGG without attention and bottleneck"),
+    ModelSpec("wrn_plain", wrn.wrn_plain, "wrn", 32, 10, plain=True,
+              description="baseline: WRN-28-10, dropout 0.3"),
+    ModelSpec("cub_vgg16_plain", cub.cub_vgg16_plain, "cub_vgg16", 224, 200, plain=True,
+              description="baseline: VGG-16 features, 3x3 pool, Linear"),
+    ModelSpec("cub_wrn50_2_plain", cub.cub_wrn50_2_plain, "cub_wrn50_2", 224, 200, plain=True,
+              description="baseline: Wide ResNet-50-2"),
+    ModelSpec("small_plain", small.small_plain, "small", 32, 10, plain=True,
+              description="baseline: small_aib without attention and bottleneck"),
+]
+MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+
+
+def list_models() -> list[str]:
+    """Names of every registered model."""
+    return list(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(MODELS)}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Builds a registered model.
+
+    ``num_classes`` defaults to the spec's; ``num_anchors`` (QT models) defaults to the
+    spec's; any other keyword (``latent_dim``, ``conv_impl``, ``bn_axis_name``,
+    ``dtype``, ``dropout_rate``, ``anchor_init``...) goes to the builder.
+    """
+    spec = get_spec(name)
+    classes = spec.num_classes if num_classes is None else int(num_classes)
+    if classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {classes}")
+    if spec.plain:
+        for key in ("num_anchors", "latent_dim", "anchor_init"):
+            if key in kwargs:
+                raise ValueError(f"{name} is a plain classifier: it has no {key}")
+    else:
+        kwargs.setdefault("num_anchors", spec.num_anchors)
+        if spec.quantized and kwargs["num_anchors"] < 1:
+            raise ValueError(f"{name} quantises attention: num_anchors must be >= 1")
+        if not spec.quantized and kwargs["num_anchors"]:
+            raise ValueError(f"{name} has no quantiser; use {name}_qt for anchors")
+    try:
+        return spec.builder(classes, model_name=name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"invalid option for {name}: {err}") from None
