@@ -1,0 +1,128 @@
+"""The AIB training objective as pure functions: the total and every part.
+
+Two KL forms:
+
+* ``official``: what the official training step computes. The posterior in the KL is
+  N(mu_z, exp(std_z)^2) although samples use std_z as the scale; per row
+  ``sum_k [0.5 * (exp(2 std) + mu^2 - 1) - std]``, averaged over the n*b rows.
+* ``consistent``: the KL of the distribution actually sampled, N(mu_z, std_z^2):
+  ``sum_k [0.5 * (std^2 + mu^2 - 1) - log std]``.
+
+The official runs measure CE and KL in bits (divided by ln 2) and scale the KL by a
+per-backbone factor c (0.5 for the CIFAR VGG, 1 otherwise):
+``total = CE/ln2 + beta * c * KL/ln2 (+ vq_coef * vq + commit_coef * commit)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ib_attention_jax.models.aib import ModelOutput
+
+Array = jax.Array
+LN2 = math.log(2.0)
+KL_FORMS = ("official", "consistent")
+UNITS = ("bits", "nats")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Weights and forms of the loss terms; the defaults are the official CIFAR-VGG ones."""
+
+    beta: float = 1e-2
+    info_factor: float = 0.5  # the official c: 0.5 for the CIFAR VGG, 1 for WRN and CUB
+    kl_form: str = "official"
+    units: str = "bits"
+    vq_coef: float = 0.4
+    commit_coef: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+        if self.units not in UNITS:
+            raise ValueError(f"units must be one of {UNITS}, got {self.units!r}")
+        for name in ("beta", "info_factor", "vq_coef", "commit_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def unit_scale(self) -> float:
+        return 1.0 / LN2 if self.units == "bits" else 1.0
+
+
+def kl_official_rows(mean: Array, std: Array) -> Array:
+    """Per-row official KL (nats) of N(mean, exp(std)^2) from N(0, I); (rows, K) -> (rows,).
+
+    Written as PyTorch's Normal-Normal KL with scale exp(std), to round like it.
+    """
+    scale = jnp.exp(std)
+    var_ratio = jnp.square(scale)
+    return jnp.sum(0.5 * (var_ratio + jnp.square(mean) - 1.0 - jnp.log(var_ratio)), axis=-1)
+
+
+def kl_consistent_rows(mean: Array, std: Array) -> Array:
+    """Per-row KL (nats) of N(mean, std^2) from N(0, I): the distribution that is sampled."""
+    var = jnp.square(std)
+    return jnp.sum(0.5 * (var + jnp.square(mean) - 1.0) - jnp.log(std), axis=-1)
+
+
+def kl_rows(mean: Array, std: Array, form: str = "official") -> Array:
+    if form == "official":
+        return kl_official_rows(mean, std)
+    if form == "consistent":
+        return kl_consistent_rows(mean, std)
+    raise ValueError(f"kl_form must be one of {KL_FORMS}, got {form!r}")
+
+
+def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Mean softmax cross-entropy (nats) over the batch, or over ``mask`` where given."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    if mask is None:
+        return jnp.mean(ce)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = ObjectiveConfig()
+             ) -> tuple[Array, dict[str, Array]]:
+    """Total loss and its parts for a model output and integer labels.
+
+    Parts: ``ce`` and ``kl`` (nats, as computed), ``class_loss`` and ``info_loss`` (in
+    the configured units, info_loss including the factor c), ``vq_loss``,
+    ``commit_loss``, ``qt_loss`` (weighted quantiser terms) and ``total``. The KL,
+    quantiser losses and totals are float32 whatever the compute dtype.
+    Plain classifiers (no latent) get only the cross-entropy.
+    """
+    scale = config.unit_scale
+    ce = cross_entropy(output.logits, labels)
+    parts: dict[str, Array] = {"ce": ce, "class_loss": ce * scale}
+    total = parts["class_loss"]
+    if output.latent is not None:
+        mean = output.latent.mean.astype(jnp.float32)
+        std = output.latent.std.astype(jnp.float32)
+        kl = jnp.mean(kl_rows(mean, std, config.kl_form))
+        parts["kl"] = kl
+        parts["info_loss"] = config.info_factor * kl * scale
+        total = total + config.beta * parts["info_loss"]
+    if output.quantizer is not None:
+        q = output.quantizer
+        parts["vq_loss"] = q.vq_loss
+        parts["commit_loss"] = q.commit_loss
+        parts["qt_loss"] = config.vq_coef * q.vq_loss + config.commit_coef * q.commit_loss
+        total = total + parts["qt_loss"]
+    parts["total"] = total
+    return total, parts
+
+
+def official_objective(model_name: str, **overrides: float | str) -> ObjectiveConfig:
+    """The official objective of a registered model (its factor c), with overrides."""
+    from ib_attention_jax.models.registry import get_spec
+
+    kwargs: dict = {"info_factor": get_spec(model_name).info_factor}
+    kwargs.update(overrides)
+    return ObjectiveConfig(**kwargs)
