@@ -88,16 +88,18 @@ def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Ar
     return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = ObjectiveConfig()
-             ) -> tuple[Array, dict[str, Array]]:
+def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = ObjectiveConfig(),
+             beta: Array | float | None = None) -> tuple[Array, dict[str, Array]]:
     """Total loss and its parts for a model output and integer labels.
 
     Parts: ``ce`` and ``kl`` (nats, as computed), ``class_loss`` and ``info_loss`` (in
     the configured units, info_loss including the factor c), ``vq_loss``,
     ``commit_loss``, ``qt_loss`` (weighted quantiser terms) and ``total``. The KL,
     quantiser losses and totals are float32 whatever the compute dtype.
-    Plain classifiers (no latent) get only the cross-entropy.
+    Plain classifiers (no latent) get only the cross-entropy. ``beta`` overrides
+    ``config.beta`` (a traced value for a warm-up schedule).
     """
+    beta = config.beta if beta is None else beta
     scale = config.unit_scale
     ce = cross_entropy(output.logits, labels)
     parts: dict[str, Array] = {"ce": ce, "class_loss": ce * scale}
@@ -108,7 +110,7 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
         kl = jnp.mean(kl_rows(mean, std, config.kl_form))
         parts["kl"] = kl
         parts["info_loss"] = config.info_factor * kl * scale
-        total = total + config.beta * parts["info_loss"]
+        total = total + beta * parts["info_loss"]
     if output.quantizer is not None:
         q = output.quantizer
         parts["vq_loss"] = q.vq_loss

@@ -68,7 +68,7 @@ def synthetic_state_dict(spec: Iterable[Sequence[Any]], seed: int, aliases: Mapp
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])
         filled[name] = np.asarray(_draw(kind, shape, rng, weight_gain), np.float64).astype(np.float32)
     out: dict[str, np.ndarray] = {}
-    for name, shape, _ in entries:
+    for name, _shape, _ in entries:
         if name in aliases:
             canonical = aliases[name]
             if canonical not in filled:

@@ -51,7 +51,9 @@ class AIBClassifier(nn.Module):
     Call with ``num_samples=n`` for the Monte-Carlo forward (n attention samples x n
     latent samples, logits averaged as the official code does) and
     ``deterministic=True`` for the zero-noise mean path. ``train`` switches BatchNorm
-    to batch statistics and turns dropout on.
+    to batch statistics and turns dropout on. ``example_ids`` (b,) makes the attention
+    and latent noise a function of (key, example id) only, so a batch split over any
+    number of devices draws the same noise.
     """
 
     front: nn.Module
@@ -66,20 +68,22 @@ class AIBClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, num_samples: int = 1,
-                 deterministic: bool = False) -> ModelOutput:
+                 deterministic: bool = False, example_ids: Array | None = None) -> ModelOutput:
         check_images(x, self.image_size, self.model_name)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         b, n, k = x.shape[0], num_samples, self.latent_dim
         features = self.front(x, train=train)
-        att = self.attention(features, num_samples=n, deterministic=deterministic, train=train)
+        att = self.attention(features, num_samples=n, deterministic=deterministic, train=train,
+                             example_ids=example_ids)
         used, quant = att.samples, None
         if self.num_anchors:
             quant = AnchorQuantizer(self.num_anchors, self.anchor_init, name="quantizer")(att.samples)
             used = quant.quantized
         stats = self.encoder(modulate(features, used), train=train)  # (n*b, 2K)
         chex.assert_shape(stats, (n * b, 2 * k))
-        latent = GaussianLatent(k, name="latent")(stats, num_samples=n, deterministic=deterministic)
+        latent = GaussianLatent(k, name="latent")(stats, num_samples=n, deterministic=deterministic,
+                                                  example_ids=example_ids)
         z = latent.samples.reshape(n, n, b, k)  # (n_z, n_a, b, K), the official view
         sample_logits = self.decoder(z, train=train).astype(jnp.float32)
         logits = sample_logits.mean(0).mean(0)
@@ -102,8 +106,8 @@ class PlainClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, num_samples: int = 1,
-                 deterministic: bool = False) -> ModelOutput:
-        del num_samples, deterministic
+                 deterministic: bool = False, example_ids: Array | None = None) -> ModelOutput:
+        del num_samples, deterministic, example_ids
         check_images(x, self.image_size, self.model_name)
         features = self.front(x, train=train)
         logits = self.encoder(features, train=train).astype(jnp.float32)

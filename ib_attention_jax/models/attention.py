@@ -52,7 +52,9 @@ class VariationalAttention(nn.Module):
 
     ``mean_head(features, train)`` must return a one-channel logit map. Noise comes from
     the ``attention`` RNG stream; ``deterministic=True`` is the zero-noise path
-    (every sample equals the mean), which needs no RNG.
+    (every sample equals the mean), which needs no RNG. With ``example_ids`` (b,) the
+    noise of each image is drawn from ``fold_in(key, id)``, so it does not depend on how
+    a batch is split over devices.
     """
 
     mean_head: nn.Module
@@ -63,7 +65,7 @@ class VariationalAttention(nn.Module):
 
     @nn.compact
     def __call__(self, features: Array, *, num_samples: int = 1, deterministic: bool = False,
-                 train: bool = False) -> AttentionOutput:
+                 train: bool = False, example_ids: Array | None = None) -> AttentionOutput:
         logit = self.mean_head(features, train=train)
         b, h, w = features.shape[:3]
         chex.assert_shape(logit, (b, h, w, 1))
@@ -75,9 +77,21 @@ class VariationalAttention(nn.Module):
         if deterministic:
             eps = jnp.zeros(shape, mean.dtype)
         else:
-            eps = jax.random.normal(self.make_rng("attention"), shape, mean.dtype)
+            eps = standard_normal(self.make_rng("attention"), shape, example_ids, batch_axis=1)
         samples = mean[None] + eps * std[None]
         return AttentionOutput(logit=logit, mean=mean, std_pre=std_pre, std=std, samples=samples)
+
+
+def standard_normal(key: Array, shape: tuple[int, ...], example_ids: Array | None = None,
+                    batch_axis: int = 0) -> Array:
+    """N(0, 1) noise of ``shape``; with ``example_ids`` the slice of example i along
+    ``batch_axis`` comes from ``fold_in(key, example_ids[i])`` (sharding-invariant noise)."""
+    if example_ids is None:
+        return jax.random.normal(key, shape, jnp.float32)
+    chex.assert_shape(example_ids, (shape[batch_axis],))
+    per_example = shape[:batch_axis] + shape[batch_axis + 1:]
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), per_example, jnp.float32)  # noqa: E731
+    return jnp.moveaxis(jax.vmap(draw)(example_ids), 0, batch_axis)
 
 
 def modulate(features: Array, attention: Array) -> Array:
@@ -95,4 +109,4 @@ def modulate(features: Array, attention: Array) -> Array:
     return out.reshape(n * b, h, w, c)
 
 
-__all__ = ["AttentionOutput", "ConvMeanHead", "VariationalAttention", "modulate", "offset_softplus"]
+__all__ = ["AttentionOutput", "ConvMeanHead", "VariationalAttention", "modulate", "offset_softplus", "standard_normal"]

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_attention_jax.models.attention import offset_softplus
+from ib_attention_jax.models.attention import offset_softplus, standard_normal
 
 Array = jax.Array
 
@@ -25,12 +25,15 @@ class GaussianLatent(nn.Module):
     """Splits encoder statistics (rows, 2K) into mean and ``softplus(. - 5)`` std, draws n samples.
 
     Noise comes from the ``latent`` RNG stream; ``deterministic=True`` gives zero noise.
+    ``example_ids`` (b,) with rows in sample-major order (row s*b + i belongs to image i)
+    draws each image's noise from ``fold_in(key, id)``, independent of device sharding.
     """
 
     latent_dim: int
 
     @nn.compact
-    def __call__(self, stats: Array, *, num_samples: int = 1, deterministic: bool = False) -> LatentOutput:
+    def __call__(self, stats: Array, *, num_samples: int = 1, deterministic: bool = False,
+                 example_ids: Array | None = None) -> LatentOutput:
         k = self.latent_dim
         chex.assert_shape(stats, (None, 2 * k))
         stats = stats.astype(jnp.float32)
@@ -38,8 +41,13 @@ class GaussianLatent(nn.Module):
         shape = (num_samples,) + mean.shape
         if deterministic:
             eps = jnp.zeros(shape, mean.dtype)
+        elif example_ids is None:
+            eps = standard_normal(self.make_rng("latent"), shape)
         else:
-            eps = jax.random.normal(self.make_rng("latent"), shape, mean.dtype)
+            b = example_ids.shape[0]
+            n_a = mean.shape[0] // b  # rows = n_a * b, sample-major
+            eps = standard_normal(self.make_rng("latent"), (num_samples, n_a, b, k), example_ids, batch_axis=2)
+            eps = eps.reshape(shape)
         return LatentOutput(mean=mean, std=std, samples=mean[None] + eps * std[None])
 
 

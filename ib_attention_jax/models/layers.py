@@ -33,8 +33,11 @@ def uniform_01(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype)
 
 
+_ONES = nn.initializers.ones_init()
+
+
 def batch_norm(train: bool, axis_name: str | None = None, dtype: Any = None, name: str | None = None,
-               scale_init=nn.initializers.ones_init()) -> nn.BatchNorm:
+               scale_init=_ONES) -> nn.BatchNorm:
     """BatchNorm with PyTorch's numbers: momentum 0.1 (Flax 0.9), eps 1e-5.
 
     ``axis_name`` makes the batch statistics a mean over devices in a pmap-style step.

@@ -1,0 +1,44 @@
+"""Defaults shared by every experiment config; each config file changes what its recipe needs."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "small_aib"
+    c.model_kwargs = ml_collections.ConfigDict()  # e.g. num_anchors, latent_dim, dropout_rate, conv_impl
+    c.num_classes = 0  # 0: the dataset's
+    c.dataset = "cluttered_digits"
+    c.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default (~/tensorflow_datasets)
+    c.train_split = ml_collections.config_dict.placeholder(str)  # None: the recipe's, e.g. "train"
+    c.eval_split = ml_collections.config_dict.placeholder(str)  # None: the recipe's test split
+    c.seed = 0
+    c.batch_size = 128  # global, over all hosts and devices
+    c.eval_batch_size = 128
+    c.num_epochs = 1.0
+    c.num_steps = 0  # > 0 overrides num_epochs
+    c.num_workers = 0  # grain worker processes for decoding and augmentation
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd", learning_rate=0.1, schedule="constant", momentum=0.9, nesterov=False, b1=0.9, b2=0.999,
+        eps=1e-8, weight_decay=0.0, anchor_lr_ratio=1.0, warmup_steps=0, milestones=(60, 120, 160), gamma=0.2,
+        exp_gamma=0.97, exp_every_epochs=2, grad_clip_norm=0.0))
+    c.objective = ml_collections.ConfigDict(dict(
+        beta=1e-2, info_factor=ml_collections.config_dict.placeholder(float), kl_form="official", units="bits",
+        vq_coef=0.4, commit_coef=0.1))
+    c.beta_warmup_steps = 0
+    c.num_samples = 1  # attention x latent samples per training step (official: 1)
+    c.eval_num_samples = 4  # official CIFAR: 4 (4 x 4 logit samples); CUB: 12
+    c.ema_decay = 0.0
+    c.eval_ema = False
+    c.half_precision = False  # bfloat16 compute, float32 parameters; KL and quantiser losses in float32
+
+    c.parallel = "shard_map"  # or "pmap"
+    c.distributed = False  # jax.distributed.initialize() for multi-host runs
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    c.tensorboard = False
+    c.progress = True
+    c.export_examples = 32  # test images in attention_overlays.png
+    return c

@@ -1,0 +1,269 @@
+"""``train_and_evaluate(config, workdir)``: the training loop behind ``experiments/main.py``.
+
+One loop for every config: build the model and the optimiser, restore the newest
+readable checkpoint (state and input position) or start fresh, run the compiled
+per-device step over all devices, log metrics one step late (the device never waits
+for the host), save periodically, on SIGTERM and at the end, stop on a non-finite
+loss, then evaluate and write ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ib_attention_jax import data as data_lib
+from ib_attention_jax.evaluation.evaluate import EvalResult, evaluate
+from ib_attention_jax.models.registry import create_model, get_spec
+from ib_attention_jax.objectives import ObjectiveConfig
+from ib_attention_jax.training.checkpoint import Checkpointer
+from ib_attention_jax.training.metrics import MetricWriter, Progress
+from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
+from ib_attention_jax.training.parallel import Runner, host_batch_index
+from ib_attention_jax.training.state import TrainState
+from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+KILL_AFTER_STEP_ENV = "IB_ATTENTION_FAULT_KILL_AFTER_STEP"  # fault injection for the resume test
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step, the parts and the checkpoint kept."""
+
+
+def _objective(config: ml_collections.ConfigDict) -> ObjectiveConfig:
+    fields = dict(config.objective)
+    if fields.get("info_factor") is None:
+        fields["info_factor"] = get_spec(config.model).info_factor
+    return ObjectiveConfig(**fields)
+
+
+def _optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
+    fields = dict(config.optimizer)
+    for key in ("milestones",):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return OptimizerConfig(**fields)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None = AXIS):
+    """The config's model; ``half_precision`` computes in bfloat16 with float32 parameters."""
+    kwargs = dict(config.get("model_kwargs", {}) or {})
+    if config.get("half_precision", False):
+        kwargs["dtype"] = jnp.bfloat16
+    return create_model(config.model, num_classes, bn_axis_name=axis_name, **kwargs)
+
+
+class _StopFlag:
+    """Set by SIGTERM: the loop saves a checkpoint at the next step boundary and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything built from a config before the first step."""
+
+    info: data_lib.DatasetInfo
+    model: Any
+    tx: Any
+    schedule: Any
+    step_config: StepConfig
+    state: TrainState  # freshly initialised (the restore template)
+    eval_key: jax.Array
+    image_size: int
+    steps_per_epoch: int
+    total_steps: int
+    host_batch: int
+    host_eval_batch: int
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    """Dataset info, model, optimiser and the initial state of ``config``."""
+    n_hosts = jax.process_count()
+    if config.batch_size % n_hosts or config.eval_batch_size % n_hosts:
+        raise ValueError(f"batch sizes ({config.batch_size}, {config.eval_batch_size}) must be divisible by the "
+                         f"{n_hosts} hosts")
+    info = data_lib.dataset_info(config.dataset, config.get("data_dir"), train_split=config.get("train_split"),
+                                 eval_split=config.get("eval_split"))
+    num_classes = config.get("num_classes") or info.num_classes
+    image_size = get_spec(config.model).image_size
+    if tuple(info.image_shape[:2]) != (image_size, image_size):
+        raise ValueError(f"{config.model} takes {image_size}x{image_size} images but {config.dataset} yields "
+                         f"{info.image_shape[0]}x{info.image_shape[1]}; pick a model for this dataset")
+    steps_per_epoch = max(info.num_train_examples // config.batch_size, 1)
+    total_steps = int(config.get("num_steps") or round(config.num_epochs * steps_per_epoch))
+    model = build_model(config, num_classes)
+    tx, schedule = make_optimizer(_optimizer_config(config), steps_per_epoch, total_steps)
+    step_config = StepConfig(objective=_objective(config), num_samples=config.get("num_samples", 1),
+                             beta_warmup_steps=config.get("beta_warmup_steps", 0),
+                             ema_decay=config.get("ema_decay", 0.0),
+                             eval_num_samples=config.get("eval_num_samples", 4))
+    init_key, state_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, image_size, image_size, 3)), deterministic=True))(
+        init_key)
+    state = TrainState.create(variables, tx, state_key, ema=step_config.ema_decay > 0)
+    return Experiment(info, model, tx, schedule, step_config, state, eval_key, image_size, steps_per_epoch,
+                      total_steps, config.batch_size // n_hosts, config.eval_batch_size // n_hosts)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
+    t_start = time.time()
+    if config.get("distributed", False):
+        jax.distributed.initialize()
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    exp = build_experiment(config)
+    info, model, tx, schedule, state = exp.info, exp.model, exp.tx, exp.schedule, exp.state
+    total_steps, host_batch = exp.total_steps, exp.host_batch
+
+    checkpointer = Checkpointer(workdir / "checkpoints", config.get("keep_checkpoints", 3))
+    restored = checkpointer.restore(state)
+    input_state: dict = {}
+    if restored is not None:
+        state, input_state, restored_step = restored
+        log.info("restored checkpoint at step %d", restored_step)
+    start_step = int(state.step)
+
+    train_iter = data_lib.make_train_iterator(
+        config.dataset, batch_size=host_batch, seed=config.seed, data_dir=config.get("data_dir"),
+        split=info.train_split, num_workers=config.get("num_workers", 0))
+    if input_state:
+        train_iter.set_state(input_state)
+
+    runner = Runner(config.get("parallel", "shard_map"))
+    train_step = runner.compile_train_step(make_train_step(model, tx, exp.step_config))
+    eval_step = runner.compile_eval_step(make_eval_step(model, exp.step_config, exp.eval_key,
+                                                        use_ema=config.get("eval_ema", False)))
+    writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", False), enabled=is_main)
+    progress = Progress(total_steps, start_step, config.batch_size, enabled=is_main and config.get("progress", True))
+    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
+    log_every = config.get("log_every_steps", 50)
+    ckpt_every = config.get("checkpoint_every_steps", 0) or total_steps
+    index = host_batch_index(host_batch)
+
+    def save(step: int, pstate) -> pathlib.Path:
+        return checkpointer.save(step, runner.unreplicate(pstate), train_iter.get_state())
+
+    def check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
+        if not np.isfinite(metrics["total"]):
+            parts = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+            kept = checkpointer.latest_step()
+            where = checkpointer.path(kept) if kept is not None else "none saved yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step}: parts {parts}; last good checkpoint: {where}")
+
+    pstate = runner.replicate(state)
+    pending: tuple[int, dict] | None = None
+    step = start_step
+    stopped_by_signal = False
+    with _StopFlag() as stop:
+        while step < total_steps:
+            batch = next(train_iter)
+            feed = {"image": batch["image"], "label": batch["label"].astype(np.int32), "index": index}
+            pstate, metrics = train_step(pstate, runner.shard_batch(feed))
+            step += 1
+            if pending is not None:  # step t-1's metrics, fetched after step t is dispatched
+                prev_step, prev = pending
+                prev = _host_metrics(prev)
+                check_finite(prev_step, prev)
+                if prev_step % log_every == 0 or prev_step == start_step + 1:
+                    scalars = {k: v for k, v in prev.items() if np.ndim(v) == 0}
+                    scalars["learning_rate"] = float(schedule(prev_step - 1))
+                    scalars["images_per_second"] = progress.images_per_second
+                    writer.write(prev_step, "train", {**scalars, **({"anchor_usage": prev["anchor_usage"]}
+                                                                     if "anchor_usage" in prev else {})})
+                progress.update(prev_step, {k: float(prev[k]) for k in ("total", "accuracy") if k in prev})
+            pending = (step, metrics)
+            if step % ckpt_every == 0 and step < total_steps:
+                check_finite(step, _host_metrics(metrics))
+                save(step, pstate)
+                if kill_after and step >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if stop.requested:
+                stopped_by_signal = True
+                break
+    if pending is not None:
+        check_finite(pending[0], _host_metrics(pending[1]))
+    if step > start_step or checkpointer.latest_step() is None:
+        save(step, pstate)
+    progress.close()
+    if stopped_by_signal:
+        writer.write(step, "preempted", {"checkpoint": 1.0})
+        writer.close()
+        log.warning("SIGTERM: saved step %d to %s and stopped", step, checkpointer.path(step))
+        return {"stopped_at_step": step, "checkpoint": str(checkpointer.path(step))}
+
+    final = runner.unreplicate(pstate)
+    result = evaluate(runner, eval_step, runner.replicate(final),
+                      data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
+                                                  data_dir=config.get("data_dir"), split=info.eval_split),
+                      exp.image_size, keep_examples=config.get("export_examples", 32))
+    writer.write(step, "eval", result.metrics)
+    summary = _summary(config, info, result, step, t_start, progress.images_per_second, checkpointer)
+    if is_main:
+        _write_outputs(workdir, config, result, summary)
+    writer.close()
+    checkpointer.close()
+    return summary
+
+
+def _summary(config, info, result: EvalResult, step: int, t_start: float, images_per_second: float,
+             checkpointer: Checkpointer) -> dict[str, Any]:
+    m = result.metrics
+    summary = {"model": config.model, "dataset": config.dataset, "eval_split": info.eval_split, "steps": step,
+               "test_accuracy_mc": m["accuracy_mc"], "test_accuracy_mean": m["accuracy_mean"],
+               "test_ce_mean": m["ce_mean"], "num_eval_examples": m["num_examples"],
+               "train_images_per_second": images_per_second, "devices": jax.device_count(),
+               "checkpoint": str(checkpointer.path(step)), "wall_seconds": time.time() - t_start}
+    for key in ("pointing_game", "energy_in_box", "box_area_fraction"):
+        if key in m:
+            summary[key] = m[key]
+    return summary
+
+
+def _write_outputs(workdir: pathlib.Path, config, result: EvalResult, summary: dict) -> None:
+    from ib_attention_jax.evaluation.overlays import denormalize, save_attention_grid
+
+    ex = result.examples
+    if "attention" in ex and len(ex["image"]):
+        mean, std = data_lib.get_recipe(config.dataset).mean_std
+        path = save_attention_grid(workdir / "attention_overlays.png", denormalize(ex["image"], mean, std),
+                                   ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
+                                   quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))
+        summary["attention_overlays"] = str(path)
+    tmp = workdir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, workdir / "summary.json")

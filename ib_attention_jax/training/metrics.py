@@ -1,0 +1,84 @@
+"""Metric output: JSON lines always, TensorBoard when asked, a progress bar with rate and ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _scalar(value: Any) -> float | list | None:
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        v = float(arr)
+        return v if math.isfinite(v) else str(v)
+    return arr.tolist()
+
+
+class MetricWriter:
+    """Writes ``{"step", "kind", ...}`` lines to ``metrics.jsonl`` (and TensorBoard scalars)."""
+
+    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = False, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
+        record.update({k: _scalar(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(f"{kind}/{key}", value, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+class Progress:
+    """A one-line progress bar: step, images per second, ETA and a few metrics."""
+
+    def __init__(self, total_steps: int, start_step: int, batch_size: int, enabled: bool = True) -> None:
+        self.total, self.start, self.batch = total_steps, start_step, batch_size
+        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled_plain = enabled
+        self.t0 = time.perf_counter()
+        self.last_print = 0.0
+        self.images_per_second = 0.0
+
+    def update(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start
+        self.images_per_second = done * self.batch / elapsed if elapsed > 0 else 0.0
+        if not self.enabled_plain or (not force and time.perf_counter() - self.last_print < 2.0):
+            return
+        self.last_print = time.perf_counter()
+        eta = (self.total - step) * elapsed / done if done else float("nan")
+        frac = step / max(self.total, 1)
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        line = (f"[{bar}] step {step}/{self.total} {self.images_per_second:.0f} img/s "
+                f"ETA {eta:.0f}s {shown}")
+        print(("\r" + line) if self.enabled else line, end="" if self.enabled else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)

@@ -1,0 +1,86 @@
+"""The CLI's modes: train, evaluate the latest checkpoint, export attention maps."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ib_attention_jax import data as data_lib
+from ib_attention_jax.evaluation.evaluate import evaluate
+from ib_attention_jax.training.checkpoint import Checkpointer
+from ib_attention_jax.training.loop import build_experiment, train_and_evaluate
+from ib_attention_jax.training.parallel import Runner
+from ib_attention_jax.training.step import make_eval_step
+
+EMBEDDED = ("cluttered_digits",)
+
+
+def ensure_embedded_dataset(config: ml_collections.ConfigDict) -> None:
+    """Builds the embedded dataset offline on first use; official datasets must be prepared by the user."""
+    if config.dataset in EMBEDDED and data_lib.sources.preparation_problem(
+            data_lib.get_recipe(config.dataset), config.get("data_dir")):
+        print(f"building {config.dataset} (offline, once) ...", flush=True)
+        data_lib.build_cluttered_digits(config.get("data_dir"))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    ensure_embedded_dataset(config)
+    summary = train_and_evaluate(config, workdir)
+    summary["workdir"] = str(pathlib.Path(workdir).absolute())
+    print(f"outputs in {summary['workdir']}: summary.json, metrics.jsonl, checkpoints/, attention_overlays.png",
+          flush=True)
+    return summary
+
+
+def _restore(config: ml_collections.ConfigDict, workdir: str):
+    exp = build_experiment(config)
+    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", config.get("keep_checkpoints", 3))
+    restored = checkpointer.restore(exp.state)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first (--mode=train)")
+    state, _, step = restored
+    return exp, state, step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Monte-Carlo and mean accuracy of the latest checkpoint on the eval split (``eval.json``)."""
+    exp, state, step = _restore(config, workdir)
+    runner = Runner(config.get("parallel", "shard_map"))
+    eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key,
+                                                        use_ema=config.get("eval_ema", False)))
+    batches = data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
+                                          data_dir=config.get("data_dir"), split=exp.info.eval_split)
+    result = evaluate(runner, eval_step, runner.replicate(state), batches, exp.image_size)
+    summary = {"step": step, "eval_split": exp.info.eval_split, **result.metrics}
+    path = pathlib.Path(workdir) / "eval.json"
+    path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(path.with_suffix(".tmp"), path)
+    return summary
+
+
+def export_attention(config: ml_collections.ConfigDict, workdir: str, num_images: int = 20) -> dict[str, Any]:
+    """PNGs of the first test images, their continuous maps and (QT models) quantised maps."""
+    from ib_attention_jax.evaluation.overlays import denormalize, save_attention_grid, save_attention_maps
+
+    exp, state, step = _restore(config, workdir)
+    runner = Runner(config.get("parallel", "shard_map"))
+    eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key))
+    batches = data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
+                                          data_dir=config.get("data_dir"), split=exp.info.eval_split)
+    result = evaluate(runner, eval_step, runner.replicate(state), batches, exp.image_size, keep_examples=num_images)
+    ex = result.examples
+    if "attention" not in ex:
+        raise ValueError(f"{config.model} has no attention map to export")
+    mean, std = data_lib.get_recipe(config.dataset).mean_std
+    images = denormalize(ex["image"], mean, std)
+    out_dir = pathlib.Path(workdir) / "attention_maps"
+    files = save_attention_maps(out_dir, images, ex["attention"], quantized_maps=ex.get("attention_q"))
+    grid = save_attention_grid(out_dir / "grid.png", images, ex["attention"], labels=ex["label"],
+                               predictions=ex["pred_mc"], quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))
+    return {"step": step, "directory": str(out_dir), "files": len(files), "grid": str(grid),
+            "correct": int(np.sum(ex["label"] == ex["pred_mc"]))}

@@ -1,0 +1,81 @@
+"""Learning-rate schedules of the official recipes, as optax schedules of the step.
+
+The official scripts change the learning rate per epoch; here ``steps_per_epoch``
+turns that into a function of the optimiser step, so the same step always gets the
+same rate (and a resumed run continues the schedule exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("constant", "vgg_lambda", "multistep", "exponential", "cosine")
+
+
+def _epoch(step, steps_per_epoch: int):
+    return jnp.floor_divide(step, steps_per_epoch)
+
+
+def vgg_lambda(base_lr: float, steps_per_epoch: int, peak_lr: float = 0.1, halve_every: int = 25) -> optax.Schedule:
+    """The official VGG LambdaLR (VGG-backbone-32/cifar_va.py).
+
+    ``scheduler.step()`` runs at the start of every epoch, so epoch e uses lambda(e + 1).
+    With ``--lr 0.01`` (AIB): epoch 0 at 0.01, then ``peak * 0.5^floor((e+1)/halve_every)``;
+    with ``--lr 0.001`` (AIB-QT): epoch 0 at 0.001, epoch 1 at 0.01, then the same; any
+    other base: ``base * 0.5^floor((e+1)/halve_every)``.
+    """
+
+    def schedule(step):
+        e = _epoch(step, steps_per_epoch)
+        decayed = peak_lr * 0.5 ** jnp.floor_divide(e + 1, halve_every)
+        if abs(base_lr - 0.01) < 1e-12:
+            return jnp.where(e < 1, 0.01, decayed)
+        if abs(base_lr - 0.001) < 1e-12:
+            return jnp.where(e < 1, 0.001, jnp.where(e < 2, 0.01, decayed))
+        return base_lr * 0.5 ** jnp.floor_divide(e + 1, halve_every)
+
+    return schedule
+
+
+def multistep(base_lr: float, steps_per_epoch: int, milestones: Sequence[int] = (60, 120, 160),
+              gamma: float = 0.2) -> optax.Schedule:
+    """The official WRN schedule: the rate times ``gamma`` from each milestone epoch on."""
+    boundaries = jnp.asarray(sorted(milestones))
+
+    def schedule(step):
+        passed = jnp.sum(_epoch(step, steps_per_epoch) >= boundaries)
+        return base_lr * gamma ** passed
+
+    return schedule
+
+
+def exponential(base_lr: float, steps_per_epoch: int, gamma: float = 0.97, every_epochs: int = 2) -> optax.Schedule:
+    """The official CUB schedule: ExponentialLR(gamma) stepped after every ``every_epochs`` epochs."""
+
+    def schedule(step):
+        return base_lr * gamma ** jnp.floor_divide(_epoch(step, steps_per_epoch), every_epochs)
+
+    return schedule
+
+
+def make_schedule(name: str, base_lr: float, steps_per_epoch: int, total_steps: int, *,
+                  warmup_steps: int = 0, milestones: Sequence[int] = (60, 120, 160), gamma: float = 0.2,
+                  exp_gamma: float = 0.97, exp_every_epochs: int = 2) -> optax.Schedule:
+    """A schedule by name; an unknown name is a ValueError listing the known ones."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if name == "constant":
+        return optax.constant_schedule(base_lr)
+    if name == "vgg_lambda":
+        return vgg_lambda(base_lr, steps_per_epoch)
+    if name == "multistep":
+        return multistep(base_lr, steps_per_epoch, milestones, gamma)
+    if name == "exponential":
+        return exponential(base_lr, steps_per_epoch, exp_gamma, exp_every_epochs)
+    if name == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0 if warmup_steps else base_lr, base_lr,
+                                                  max(warmup_steps, 0), max(total_steps, warmup_steps + 1))
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
