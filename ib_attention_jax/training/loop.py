@@ -138,6 +138,18 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                       total_steps, config.batch_size // n_hosts, config.eval_batch_size // n_hosts)
 
 
+def normalization_constants(config: ml_collections.ConfigDict):
+    """(mean, std) the config's images were normalised with."""
+    name = config.get("normalization") or data_lib.get_recipe(config.dataset).normalization
+    return data_lib.NORMALIZATIONS[name]
+
+
+def eval_batches(config: ml_collections.ConfigDict, exp: Experiment, split: str):
+    """One padded, masked pass over ``split`` with this host's part of the eval batch."""
+    return data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch, data_dir=config.get("data_dir"),
+                                       split=split, normalization=config.get("normalization"))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
     t_start = time.time()
@@ -160,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     train_iter = data_lib.make_train_iterator(
         config.dataset, batch_size=host_batch, seed=config.seed, data_dir=config.get("data_dir"),
-        split=info.train_split, num_workers=config.get("num_workers", 0))
+        split=info.train_split, num_workers=config.get("num_workers", 0), normalization=config.get("normalization"))
     if input_state:
         train_iter.set_state(input_state)
 
@@ -185,6 +197,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             where = checkpointer.path(kept) if kept is not None else "none saved yet"
             raise NonFiniteLossError(f"non-finite loss at step {step}: parts {parts}; last good checkpoint: {where}")
 
+    eval_every = config.get("eval_every_steps", 0)
+    if config.get("validation_split") and not eval_every:
+        eval_every = exp.steps_per_epoch
+    selector = _ModelSelector(config, exp, runner, eval_step, writer, workdir)
     pstate = runner.replicate(state)
     pending: tuple[int, dict] | None = None
     step = start_step
@@ -207,6 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                                                      if "anchor_usage" in prev else {})})
                 progress.update(prev_step, {k: float(prev[k]) for k in ("total", "accuracy") if k in prev})
             pending = (step, metrics)
+            if eval_every and step % eval_every == 0 and step < total_steps:
+                selector.periodic_eval(step, pstate)
             if step % ckpt_every == 0 and step < total_steps:
                 check_finite(step, _host_metrics(metrics))
                 save(step, pstate)
@@ -226,18 +244,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         log.warning("SIGTERM: saved step %d to %s and stopped", step, checkpointer.path(step))
         return {"stopped_at_step": step, "checkpoint": str(checkpointer.path(step))}
 
-    final = runner.unreplicate(pstate)
-    result = evaluate(runner, eval_step, runner.replicate(final),
-                      data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
-                                                  data_dir=config.get("data_dir"), split=info.eval_split),
+    final_state, selected = selector.final_state(step, pstate)
+    result = evaluate(runner, eval_step, final_state, eval_batches(config, exp, info.eval_split),
                       exp.image_size, keep_examples=config.get("export_examples", 32))
     writer.write(step, "eval", result.metrics)
     summary = _summary(config, info, result, step, t_start, progress.images_per_second, checkpointer)
+    summary.update(selected)
     if is_main:
         _write_outputs(workdir, config, result, summary)
     writer.close()
     checkpointer.close()
     return summary
+
+
+class _ModelSelector:
+    """Periodic evaluation; with a validation split, keeps the best-on-validation state for the test.
+
+    Without ``validation_split`` the final state is tested (never the best on test).
+    """
+
+    def __init__(self, config, exp: Experiment, runner: Runner, eval_step, writer: MetricWriter,
+                 workdir: pathlib.Path) -> None:
+        self.config, self.exp, self.runner, self.eval_step, self.writer = config, exp, runner, eval_step, writer
+        self.split = config.get("validation_split")
+        self.best: tuple[float, int] | None = None
+        self.best_dir = Checkpointer(workdir / "best_on_validation", 1) if self.split else None
+        if self.best_dir is not None and self.best_dir.latest_step() is not None:
+            self.best = (float("-inf"), self.best_dir.latest_step())
+
+    def periodic_eval(self, step: int, pstate) -> None:
+        split = self.split or self.exp.info.eval_split
+        result = evaluate(self.runner, self.eval_step, pstate, eval_batches(self.config, self.exp, split),
+                          self.exp.image_size)
+        self.writer.write(step, "validation" if self.split else "eval", result.metrics)
+        if self.split and (self.best is None or result.metrics["accuracy_mc"] > self.best[0]):
+            self.best = (result.metrics["accuracy_mc"], step)
+            for old in self.best_dir.all_steps():
+                if old != step:
+                    self.best_dir.manager.delete(old)
+            self.best_dir.save(step, self.runner.unreplicate(pstate))
+
+    def final_state(self, step: int, pstate):
+        """The state to test and what was selected."""
+        if not self.split:
+            return pstate, {}
+        self.periodic_eval(step, pstate)
+        restored = self.best_dir.restore(self.exp.state)
+        state, _, best_step = restored
+        return self.runner.replicate(state), {"selected_step": best_step, "validation_split": self.split,
+                                              "validation_accuracy_mc": self.best[0]}
 
 
 def _summary(config, info, result: EvalResult, step: int, t_start: float, images_per_second: float,
@@ -259,7 +314,7 @@ def _write_outputs(workdir: pathlib.Path, config, result: EvalResult, summary: d
 
     ex = result.examples
     if "attention" in ex and len(ex["image"]):
-        mean, std = data_lib.get_recipe(config.dataset).mean_std
+        mean, std = normalization_constants(config)
         path = save_attention_grid(workdir / "attention_overlays.png", denormalize(ex["image"], mean, std),
                                    ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
                                    quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))

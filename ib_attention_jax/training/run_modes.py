@@ -13,7 +13,7 @@ import numpy as np
 from ib_attention_jax import data as data_lib
 from ib_attention_jax.evaluation.evaluate import evaluate
 from ib_attention_jax.training.checkpoint import Checkpointer
-from ib_attention_jax.training.loop import build_experiment, train_and_evaluate
+from ib_attention_jax.training.loop import build_experiment, eval_batches, normalization_constants, train_and_evaluate
 from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.step import make_eval_step
 
@@ -53,9 +53,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     runner = Runner(config.get("parallel", "shard_map"))
     eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
-    batches = data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
-                                          data_dir=config.get("data_dir"), split=exp.info.eval_split)
-    result = evaluate(runner, eval_step, runner.replicate(state), batches, exp.image_size)
+    result = evaluate(runner, eval_step, runner.replicate(state), eval_batches(config, exp, exp.info.eval_split),
+                      exp.image_size)
     summary = {"step": step, "eval_split": exp.info.eval_split, **result.metrics}
     path = pathlib.Path(workdir) / "eval.json"
     path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
@@ -70,13 +69,12 @@ def export_attention(config: ml_collections.ConfigDict, workdir: str, num_images
     exp, state, step = _restore(config, workdir)
     runner = Runner(config.get("parallel", "shard_map"))
     eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key))
-    batches = data_lib.make_eval_iterator(config.dataset, batch_size=exp.host_eval_batch,
-                                          data_dir=config.get("data_dir"), split=exp.info.eval_split)
-    result = evaluate(runner, eval_step, runner.replicate(state), batches, exp.image_size, keep_examples=num_images)
+    result = evaluate(runner, eval_step, runner.replicate(state), eval_batches(config, exp, exp.info.eval_split),
+                      exp.image_size, keep_examples=num_images)
     ex = result.examples
     if "attention" not in ex:
         raise ValueError(f"{config.model} has no attention map to export")
-    mean, std = data_lib.get_recipe(config.dataset).mean_std
+    mean, std = normalization_constants(config)
     images = denormalize(ex["image"], mean, std)
     out_dir = pathlib.Path(workdir) / "attention_maps"
     files = save_attention_maps(out_dir, images, ex["attention"], quantized_maps=ex.get("attention_q"))

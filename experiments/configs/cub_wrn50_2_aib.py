@@ -1,0 +1,13 @@
+"""AIB on Wide ResNet-50-2, CUB-200-2011.
+
+    python -m experiments.main --config=experiments/configs/cub_wrn50_2_aib.py --workdir=runs/cub_wrn50_2_aib \
+        --config.data_dir=DATA_DIR
+
+Should reach (Monte-Carlo test accuracy): see cub_vgg16_aib.
+"""
+
+from experiments.configs.official import cub
+
+
+def get_config():
+    return cub('wrn50_2')

@@ -1,0 +1,14 @@
+"""AIB on the LTPA VGG, CIFAR-100.
+
+    python -m experiments.main --config=experiments/configs/vgg_aib_cifar100.py --workdir=runs/vgg_aib_cifar100 \
+        --config.data_dir=DATA_DIR
+
+Should reach (Monte-Carlo test accuracy): not recovered from the paper; at least a plain VGG trained with the
+same recipe.
+"""
+
+from experiments.configs.official import cifar_vgg
+
+
+def get_config():
+    return cifar_vgg('cifar100')

@@ -1,0 +1,13 @@
+"""AIB on WRN-28-10, CIFAR-10.
+
+    python -m experiments.main --config=experiments/configs/wrn_aib_cifar10.py --workdir=runs/wrn_aib_cifar10 \
+        --config.data_dir=DATA_DIR
+
+Should reach (Monte-Carlo test accuracy): at least the WRN-28-10 baseline: 96.2% (3.79% error, same recipe).
+"""
+
+from experiments.configs.official import cifar_wrn
+
+
+def get_config():
+    return cifar_wrn('cifar10')
