@@ -34,9 +34,10 @@ def test_dataparallel_prefix_is_stripped():
 
 def test_official_checkpoint_file_round_trip(tmp_path):
     torch = pytest.importorskip("torch", reason="PyTorch is the optional extra (make torch)")
-    from ib_attention_jax.interop import load_official_checkpoint, save_official_checkpoint
     import jax
     import jax.numpy as jnp
+
+    from ib_attention_jax.interop import load_official_checkpoint, save_official_checkpoint
 
     model = create_model("small_aib_qt")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), deterministic=True)

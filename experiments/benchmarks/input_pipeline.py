@@ -27,11 +27,20 @@ PIPELINES = {  # name -> (recipe, per-host batch size of the official recipe)
 }
 
 
-def images_per_second(recipe: Recipe, batch_size: int, data_dir: str, num_workers: int, num_threads: int,
-                      num_batches: int) -> float:
+def images_per_second(
+    recipe: Recipe, batch_size: int, data_dir: str, num_workers: int, num_threads: int, num_batches: int
+) -> float:
     """Training batches read after a first, untimed one; returns images per second."""
-    it = data.make_train_iterator(recipe, batch_size=batch_size, seed=0, data_dir=data_dir, process_index=0,
-                                  process_count=1, num_workers=num_workers, num_threads=num_threads)
+    it = data.make_train_iterator(
+        recipe,
+        batch_size=batch_size,
+        seed=0,
+        data_dir=data_dir,
+        process_index=0,
+        process_count=1,
+        num_workers=num_workers,
+        num_threads=num_threads,
+    )
     try:
         next(it)
         start = time.perf_counter()
@@ -43,10 +52,15 @@ def images_per_second(recipe: Recipe, batch_size: int, data_dir: str, num_worker
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "ib_attention_bench_data"),
-                        help="where the generated datasets are built once (kept between runs)")
-    parser.add_argument("--workers", default="0,2", help="comma-separated worker-process counts to measure")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data_dir",
+        default=os.path.join(tempfile.gettempdir(), "ib_attention_bench_data"),
+        help="where the generated datasets are built once (kept between runs)",
+    )
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker-process counts to measure")
     parser.add_argument("--threads", type=int, default=4, help="reading threads per process")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     parser.add_argument("--only", default="", help="measure only pipelines whose name contains this")

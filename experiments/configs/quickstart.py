@@ -3,8 +3,8 @@
     make demo
     # = python -m experiments.main --config=experiments/configs/quickstart.py --workdir=workdir/quickstart
 
-Expected (2 CPU cores): under 10 minutes, test accuracy (Monte-Carlo) >= 90%, pointing
-game >= 80%. With anchors: --config.model=small_aib_qt.
+Should reach (2 CPU cores, under 10 minutes): test accuracy (Monte-Carlo) >= 90% and
+pointing game >= 80%. With anchors: --config.model=small_aib_qt.
 """
 
 from experiments.configs.base import get_base_config

@@ -5,9 +5,9 @@ as an explicit `np.random.Generator` or explicit offsets, so each can be tested 
 inputs. Boxes are float `[ymin, xmin, ymax, xmax]` in pixel-edge coordinates (pixel i spans [i, i + 1]) unless
 a function says they are normalised to [0, 1] (tfds `BBoxFeature`).
 
-Resizing uses PIL's bilinear filter on uint8 images: exactly what torchvision's `Resize` does on the PIL images
-of the official CUB loader (bilinear, antialiased when downscaling, i.e. the filter support grows with the
-scale factor).
+Resizing uses PIL's bilinear filter on uint8 images: exactly what torchvision's `Resize` does on the PIL
+images of the official CUB loader (bilinear, antialiased when downscaling, i.e. the filter support grows
+with the scale factor).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ def crop(image: np.ndarray, top: int, left: int, height: int, width: int) -> np.
     """(h, w, c) -> (height, width, c) window whose top-left pixel is (top, left)."""
     if top < 0 or left < 0 or top + height > image.shape[0] or left + width > image.shape[1]:
         raise ValueError(f"crop {(top, left, height, width)} outside an image of shape {image.shape}")
-    return image[top:top + height, left:left + width]
+    return image[top : top + height, left : left + width]
 
 
-def random_crop_offsets(rng: np.random.Generator, in_size: tuple[int, int],
-                        out_size: tuple[int, int]) -> tuple[int, int]:
+def random_crop_offsets(
+    rng: np.random.Generator, in_size: tuple[int, int], out_size: tuple[int, int]
+) -> tuple[int, int]:
     """Uniform (top, left) with 0 <= top <= h - out_h, like torchvision's RandomCrop."""
     top = int(rng.integers(0, in_size[0] - out_size[0] + 1))
     left = int(rng.integers(0, in_size[1] - out_size[1] + 1))
@@ -47,15 +48,29 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return crop(image, top, left, size, size)
 
 
-def pad_and_random_crop(image: np.ndarray, rng: np.random.Generator, pad: int) -> tuple[np.ndarray, tuple[int, int]]:
+def reflect_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Source indices of positions start..start+length-1 of an axis of `size` extended by reflection.
+
+    Position -1 reads 1 and position `size` reads size - 2 (np.pad 'reflect'); valid within size - 1 of
+    the edge.
+    """
+    idx = np.abs(np.arange(start, start + length))
+    return np.where(idx >= size, 2 * (size - 1) - idx, idx)
+
+
+def pad_and_random_crop(
+    image: np.ndarray, rng: np.random.Generator, pad: int
+) -> tuple[np.ndarray, tuple[int, int]]:
     """RandomCrop(size, padding=pad, padding_mode='reflect'): (h, w, c) -> (h, w, c) and the (top, left) used.
 
-    The offsets are in the padded image, so the content moved by (pad - top, pad - left).
+    The offsets are in the padded image, so the content moved by (pad - top, pad - left). Same pixels as
+    `crop(reflect_pad(image, pad), top, left, h, w)`, read by index without building the padded image.
     """
     h, w = image.shape[:2]
-    padded = reflect_pad(image, pad)
-    top, left = random_crop_offsets(rng, padded.shape[:2], (h, w))
-    return crop(padded, top, left, h, w), (top, left)
+    top, left = random_crop_offsets(rng, (h + 2 * pad, w + 2 * pad), (h, w))
+    rows = reflect_indices(top - pad, h, h)
+    cols = reflect_indices(left - pad, w, w)
+    return image[rows[:, None], cols[None, :]], (top, left)
 
 
 def flip_left_right(image: np.ndarray) -> np.ndarray:
@@ -86,17 +101,24 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[..., None] if channels == 1 else out
 
 
-def box_to_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """Normalised [ymin, xmin, ymax, xmax] -> integer (top, left, bottom, right), exclusive ends.
+def round_box(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """Pixel [ymin, xmin, ymax, xmax] -> integer (top, left, bottom, right) inside the image, exclusive ends.
 
-    Rounds like PIL's `Image.crop` on the official (x, y, w, h) pixel boxes (tfds stores them divided by the
-    image size), clips to the image and keeps at least one pixel, so any box, even a degenerate one, crops.
+    Rounds like PIL's `Image.crop`, which the official CUB_crop loader applies to the (x, y, w, h) boxes of
+    CUB's bounding_boxes.txt; sorts inverted coordinates, clips to the image and keeps at least one pixel, so
+    any box, even a degenerate one, crops.
     """
-    y0, y1 = sorted((float(box[0]) * height, float(box[2]) * height))
-    x0, x1 = sorted((float(box[1]) * width, float(box[3]) * width))
+    y0, y1 = sorted((float(box[0]), float(box[2])))
+    x0, x1 = sorted((float(box[1]), float(box[3])))
     top, left = min(max(round(y0), 0), height - 1), min(max(round(x0), 0), width - 1)
     bottom, right = max(min(round(y1), height), top + 1), max(min(round(x1), width), left + 1)
     return top, left, bottom, right
+
+
+def box_to_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    """Normalised [ymin, xmin, ymax, xmax] (tfds BBoxFeature) -> `round_box` of its pixel coordinates."""
+    scaled = np.asarray(box, np.float64) * np.array([height, width, height, width], np.float64)
+    return round_box(scaled, height, width)
 
 
 def crop_to_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:

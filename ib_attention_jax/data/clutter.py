@@ -58,10 +58,16 @@ class SourceDigits:
     ink: np.ndarray
 
 
-def resize_gray(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a float32 (h, w) image to (height, width) with PIL (mode 'F')."""
-    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) weights of PIL's bilinear resize along one axis, read off resized unit vectors."""
+    eye = Image.fromarray(np.eye(in_size, dtype=np.float32), mode="F")  # row i: unit vector e_i
+    return np.asarray(eye.resize((out_size, in_size), Image.Resampling.BILINEAR), np.float32).T
+
+
+def resize_stack(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of float32 (N, h, w) images to (N, size, size), as PIL's mode 'F' resize of each."""
+    rows, cols = bilinear_matrix(images.shape[1], size), bilinear_matrix(images.shape[2], size)
+    return np.einsum("sh,nhw,tw->nst", rows, images, cols).astype(np.float32)
 
 
 @functools.cache
@@ -71,13 +77,14 @@ def load_source_digits() -> SourceDigits:
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)  # (N, 8, 8)
-    scaled = {s: np.stack([resize_gray(im, s, s) for im in images])
-              for s in range(DIGIT_SIZES[0], DIGIT_SIZES[1] + 1)}
-    doubled = np.stack([resize_gray(im, 8 * FRAGMENT_SCALE, 8 * FRAGMENT_SCALE) for im in images])
+    scaled = {s: resize_stack(images, s) for s in range(DIGIT_SIZES[0], DIGIT_SIZES[1] + 1)}
+    doubled = resize_stack(images, 8 * FRAGMENT_SCALE)
     return SourceDigits(images, digits.target.astype(np.int64), scaled, doubled, images > 0.5)
 
 
-def split_source_indices(labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0) -> dict[str, np.ndarray]:
+def split_source_indices(
+    labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Disjoint, class-stratified train/test sets of source-digit indices (sorted int64 arrays).
 
     Train and test examples are drawn only from their own set (digits *and* fragments), so no source digit
@@ -98,12 +105,14 @@ def ink_box(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
         return np.array([offset[0], offset[1], offset[0], offset[1]], np.int32)
-    return np.array([rows[0] + offset[0], cols[0] + offset[1], rows[-1] + 1 + offset[0],
-                     cols[-1] + 1 + offset[1]], np.int32)
+    return np.array(
+        [rows[0] + offset[0], cols[0] + offset[1], rows[-1] + 1 + offset[0], cols[-1] + 1 + offset[1]],
+        np.int32,
+    )
 
 
 class UniformStream:
-    """Integers drawn from a `np.random.Generator` in blocks of 64 uniforms (numpy calls per scalar are slow)."""
+    """Integers from a `np.random.Generator`, drawn in blocks of 64 (numpy calls are slow per scalar)."""
 
     def __init__(self, rng: np.random.Generator):
         self._rng = rng
@@ -134,17 +143,18 @@ def sample_fragment(stream: UniformStream, digits: SourceDigits, index: int) -> 
         h = stream.integer(FRAGMENT_CROP[0], FRAGMENT_CROP[1] + 1)
         w = stream.integer(FRAGMENT_CROP[0], FRAGMENT_CROP[1] + 1)
         y, x = stream.integer(0, 8 - h + 1), stream.integer(0, 8 - w + 1)
-        ink = int(digits.ink[index, y:y + h, x:x + w].sum())
+        ink = int(digits.ink[index, y : y + h, x : x + w].sum())
         if ink > best_ink:
             best, best_ink = (h, w, y, x), ink
         if ink >= MIN_FRAGMENT_INK:
             break
     h, w, y, x = (FRAGMENT_SCALE * v for v in best)
-    return digits.doubled[index, y:y + h, x:x + w]
+    return digits.doubled[index, y : y + h, x : x + w]
 
 
-def place_fragment(stream: UniformStream, height: int, width: int,
-                   digit_box: tuple[int, int, int, int]) -> tuple[int, int]:
+def place_fragment(
+    stream: UniformStream, height: int, width: int, digit_box: tuple[int, int, int, int]
+) -> tuple[int, int]:
     """A uniformly drawn top-left corner at which at most 20% of a fragment lies over `digit_box`.
 
     Rejection sampling; a 12 px fragment always fits beside a 16 px digit, so it ends.
@@ -159,15 +169,18 @@ def place_fragment(stream: UniformStream, height: int, width: int,
 
 def colourise(rng: np.random.Generator, intensity: np.ndarray) -> np.ndarray:
     """Random background and ink colours, Gaussian noise: (h, w) float in [0, 1] -> (h, w, 3) uint8."""
-    background = rng.uniform(*BACKGROUND_RANGE, size=3)
-    foreground = rng.uniform(*FOREGROUND_RANGE, size=3)
-    rgb = background + intensity[..., None] * (foreground - background)  # (h, w, 3)
-    rgb += NOISE_STD * rng.standard_normal(size=rgb.shape)
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    background = rng.uniform(*BACKGROUND_RANGE, size=3).astype(np.float32)
+    foreground = rng.uniform(*FOREGROUND_RANGE, size=3).astype(np.float32)
+    rgb = intensity[..., None] * (255.0 * (foreground - background))  # (h, w, 3) float32
+    rgb += 255.0 * background
+    rgb += rng.standard_normal(size=rgb.shape, dtype=np.float32) * np.float32(255.0 * NOISE_STD)
+    np.clip(rgb, 0.0, 255.0, out=rgb)
+    return np.rint(rgb, out=rgb).astype(np.uint8)
 
 
-def make_example(rng: np.random.Generator, digits: SourceDigits, index: int,
-                 fragment_indices: np.ndarray) -> ClutteredExample:
+def make_example(
+    rng: np.random.Generator, digits: SourceDigits, index: int, fragment_indices: np.ndarray
+) -> ClutteredExample:
     """Composes one example from source digit `index` and fragments of digits `fragment_indices` (>= 6).
 
     The number of fragments used (4-6) is drawn from `rng`; fragments are composited by maximum so they never
@@ -178,7 +191,7 @@ def make_example(rng: np.random.Generator, digits: SourceDigits, index: int,
     y0, x0 = stream.integer(0, CANVAS_SIZE - size + 1), stream.integer(0, CANVAS_SIZE - size + 1)
     scaled = digits.scaled[size][index]  # (size, size)
     canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), np.float32)
-    canvas[y0:y0 + size, x0:x0 + size] = scaled
+    canvas[y0 : y0 + size, x0 : x0 + size] = scaled
     box = np.array([y0, x0, y0 + size, x0 + size], np.int32)
     tight = ink_box(scaled > INK_THRESHOLD, (y0, x0))
 
@@ -187,12 +200,14 @@ def make_example(rng: np.random.Generator, digits: SourceDigits, index: int,
         fragment = sample_fragment(stream, digits, int(source))
         h, w = fragment.shape
         fy, fx = place_fragment(stream, h, w, (y0, x0, y0 + size, x0 + size))
-        np.maximum(canvas[fy:fy + h, fx:fx + w], fragment, out=canvas[fy:fy + h, fx:fx + w])
+        np.maximum(canvas[fy : fy + h, fx : fx + w], fragment, out=canvas[fy : fy + h, fx : fx + w])
 
     return ClutteredExample(colourise(rng, np.clip(canvas, 0.0, 1.0)), box, tight)
 
 
-def generate(rng: np.random.Generator, digits: SourceDigits, pool: np.ndarray) -> tuple[ClutteredExample, int, int]:
+def generate(
+    rng: np.random.Generator, digits: SourceDigits, pool: np.ndarray
+) -> tuple[ClutteredExample, int, int]:
     """Draws a source digit from `pool` and fragment sources of other classes from the same pool.
 
     Returns the example, its label and the index of its source digit.

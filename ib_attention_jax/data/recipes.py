@@ -1,4 +1,4 @@
-"""Per-dataset constants: TFDS name, splits, classes, image size, augmentation kind, normalisation, preparation.
+"""Per-dataset constants: TFDS name, splits, classes, image size, augmentation, normalisation, preparation.
 
 The augmentation and normalisation follow the official code (METHOD.md section 4). The normalisation belongs
 to the *training recipe* rather than to the dataset: the official VGG code normalises CIFAR-10 and CIFAR-100
@@ -15,13 +15,19 @@ Augmentation = Literal["pad_crop_flip", "box_crop_resize", "none"]
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     # (mean, std) of x / 255 per RGB channel.
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),  # official WRN recipe (CIFAR-10 and -100)
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # official VGG recipe (CIFAR-10 and -100)
+    "cifar10": (
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+    ),  # official WRN recipe (CIFAR-10 and -100)
+    "cifar100": (
+        (0.5071, 0.4867, 0.4408),
+        (0.2675, 0.2565, 0.2761),
+    ),  # official VGG recipe (CIFAR-10 and -100)
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # official SVHN recipe (both backbones); maps to [-1, 1]
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # official CUB recipe
 }
 
-TF_EXTRA = "pip install tensorflow-cpu  # optional extra, only to prepare the official datasets once"
+TF_EXTRA = "pip install tensorflow-cpu  # only the environment that prepares the data needs TensorFlow"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,34 +61,51 @@ class Recipe:
 
 
 def _official_hint(tfds_name: str, extra: str = "") -> str:
-    return (f"Prepare it once (needs TensorFlow: {TF_EXTRA}):\n"
-            f"    python -m ib_attention_jax.data.prepare {tfds_name} --data_dir DATA_DIR\n"
-            f"which runs tfds's own builder with file_format=array_record "
-            f"(equivalently: tfds build {tfds_name} --data_dir DATA_DIR --file_format array_record).{extra}")
+    return (
+        f"Prepare it once with:\n"
+        f"    {TF_EXTRA}\n"
+        f"    python -m ib_attention_jax.data.prepare {tfds_name} --data_dir DATA_DIR\n"
+        f"(tfds's own builder, written as ArrayRecord; the same as "
+        f"`tfds build {tfds_name} --data_dir DATA_DIR --file_format array_record`).{extra}"
+    )
 
 
 _CUB_MANUAL = (
-    "\nWithout network access, put the two archives tfds would download, CUB_200_2011.tgz "
-    "(https://data.caltech.edu/records/65de6-vp158) and segmentations.tgz "
-    "(https://data.caltech.edu/records/w9d68-gec53), under the folder given by --manual_dir "
-    "(default DATA_DIR/downloads/manual/) with exactly these names; the builder also needs opencv-python.")
+    "\nWithout network access, download CUB_200_2011.tgz (https://data.caltech.edu/records/65de6-vp158)\n"
+    "and segmentations.tgz (https://data.caltech.edu/records/w9d68-gec53) elsewhere and put them, with\n"
+    "exactly these names, in DATA_DIR/downloads/manual/ (or in the folder given by --manual_dir): tfds\n"
+    "then reads them instead of downloading. tfds's CUB builder also needs opencv-python-headless."
+)
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in [
-    Recipe("cifar10", "cifar10", 10, 32, "pad_crop_flip", "cifar10", prepare_hint=_official_hint("cifar10")),
-    Recipe("cifar100", "cifar100", 100, 32, "pad_crop_flip", "cifar100", prepare_hint=_official_hint("cifar100")),
-    # The official SVHN runs use the train split only (no 'extra') and the same crop and flip as CIFAR.
-    Recipe("svhn", "svhn_cropped", 10, 32, "pad_crop_flip", "half", prepare_hint=_official_hint("svhn_cropped")),
-    # STL-10 is only used for the cross-domain evaluation, whose protocol the official code does not include:
-    # native 96x96, padding scaled with the image (4 * 96 / 32), CIFAR-10 statistics. Not an official recipe.
-    Recipe("stl10", "stl10", 10, 96, "pad_crop_flip", "cifar10", pad=12, prepare_hint=_official_hint("stl10")),
-    Recipe("cub", "caltech_birds2011", 200, 224, "box_crop_resize", "imagenet", box_key="bbox",
-           skip_decoding=("segmentation_mask",), prepare_hint=_official_hint("caltech_birds2011", _CUB_MANUAL)),
-    # Digits must not be mirrored; the quickstart trains on the generated images as they are.
-    Recipe("cluttered_digits", "cluttered_digits", 10, 32, "none", "half", flip=False, box_key="box",
-           box_format="pixels",
-           prepare_hint="Build it offline in well under a minute (no download, no TensorFlow):\n"
-                        "    python -m ib_attention_jax.data.prepare cluttered_digits --data_dir DATA_DIR"),
-]}
+_CLUTTERED_HINT = (
+    "Build it offline in well under a minute (no download, no TensorFlow):\n"
+    "    python -m ib_attention_jax.data.prepare cluttered_digits --data_dir DATA_DIR"
+)
+_CIFAR_LIKE = dict(image_size=32, augmentation="pad_crop_flip")
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(name="cifar10", tfds_name="cifar10", num_classes=10, normalization="cifar10",
+               prepare_hint=_official_hint("cifar10"), **_CIFAR_LIKE),
+        Recipe(name="cifar100", tfds_name="cifar100", num_classes=100, normalization="cifar100",
+               prepare_hint=_official_hint("cifar100"), **_CIFAR_LIKE),
+        # The official SVHN runs use the train split only (no 'extra') and the same crop and flip as CIFAR.
+        Recipe(name="svhn", tfds_name="svhn_cropped", num_classes=10, normalization="half",
+               prepare_hint=_official_hint("svhn_cropped"), **_CIFAR_LIKE),
+        # STL-10 is only used for the cross-domain evaluation, whose protocol the official code lacks:
+        # native 96x96, padding scaled with the image (4 * 96 / 32), CIFAR-10 statistics. Not official.
+        Recipe(name="stl10", tfds_name="stl10", num_classes=10, image_size=96, augmentation="pad_crop_flip",
+               normalization="cifar10", pad=12, prepare_hint=_official_hint("stl10")),
+        Recipe(name="cub", tfds_name="caltech_birds2011", num_classes=200, image_size=224,
+               augmentation="box_crop_resize", normalization="imagenet", box_key="bbox",
+               skip_decoding=("segmentation_mask",),
+               prepare_hint=_official_hint("caltech_birds2011", _CUB_MANUAL)),
+        # Digits must not be mirrored; the quickstart trains on the generated images as they are.
+        Recipe(name="cluttered_digits", tfds_name="cluttered_digits", num_classes=10, image_size=32,
+               augmentation="none", normalization="half", flip=False, box_key="box", box_format="pixels",
+               prepare_hint=_CLUTTERED_HINT),
+    ]
+}  # fmt: skip
 ALIASES = {"svhn_cropped": "svhn", "caltech_birds2011": "cub", "cub200": "cub"}
 
 

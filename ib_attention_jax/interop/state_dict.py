@@ -38,7 +38,8 @@ def _spec_of(model: nn.Module) -> ModelSpec:
 def variable_shapes(model: nn.Module) -> dict[str, Any]:
     """The model's variables as ShapeDtypeStructs, without running or allocating anything."""
     spec = _spec_of(model)
-    x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
+    size = getattr(model, "image_size", None) or spec.image_size
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
     return jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, deterministic=True))
 
 
@@ -78,6 +79,8 @@ def _from_torch(value: np.ndarray, leaf: str, module_name: str, family: Family) 
     if module_name in family.nchw_flatten:
         h, w = family.nchw_flatten[module_name]
         out = value.shape[0]
+        if value.shape[1] % (h * w):
+            return value  # not an (out, c*h*w) weight: the shape check names the key
         return value.reshape(out, -1, h, w).transpose(0, 2, 3, 1).reshape(out, -1).T
     return value.T
 
@@ -174,7 +177,7 @@ def to_state_dict(model: nn.Module, variables: Mapping[str, Any], *, include_ali
         out[key] = _to_torch(np.asarray(flat[path]), leaf, module_name, family)
         if include_counters and leaf == "mean" and path[0] == "batch_stats":
             out[f"{module_name}.num_batches_tracked"] = np.zeros((), np.int64)
-    if include_aliases:
+    if include_aliases and not _spec_of(model).plain:  # the plain baselines register nothing twice
         for alias, canonical in family.aliases.items():
             for key in [k for k in out if k.startswith(canonical)]:
                 out[alias + key[len(canonical):]] = out[key].copy()

@@ -47,23 +47,23 @@ def quantize(values: Array, anchors: Array) -> QuantizerOutput:
 class AnchorQuantizer(nn.Module):
     """Q learnable scalar anchors (``params['anchors']``, shape (Q,)); see :func:`quantize`.
 
-    ``init='linspace'`` spaces them evenly over ``init_range`` (the official default);
+    ``anchor_init='linspace'`` spaces them evenly over ``init_range`` (the official default);
     ``'uniform'`` draws them from U(init_range) (the official ``rd_init``).
     """
 
     num_anchors: int
-    init: str = "linspace"
+    anchor_init: str = "linspace"
     init_range: tuple[float, float] = (0.0, 1.0)
 
     def setup(self) -> None:
         if self.num_anchors < 1:
             raise ValueError(f"num_anchors must be >= 1, got {self.num_anchors}")
-        if self.init not in ANCHOR_INITS:
-            raise ValueError(f"anchor init must be one of {ANCHOR_INITS}, got {self.init!r}")
+        if self.anchor_init not in ANCHOR_INITS:
+            raise ValueError(f"anchor_init must be one of {ANCHOR_INITS}, got {self.anchor_init!r}")
         lo, hi = self.init_range
 
         def init_fn(key, shape, dtype=jnp.float32):
-            if self.init == "linspace":
+            if self.anchor_init == "linspace":
                 return jnp.linspace(lo, hi, shape[0], dtype=dtype)
             return jax.random.uniform(key, shape, dtype, lo, hi)
 

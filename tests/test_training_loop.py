@@ -1,0 +1,116 @@
+"""The training loop end to end on the embedded dataset: outputs, modes, resume, SIGTERM, NaN guard."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments.configs import quickstart
+from ib_attention_jax import data
+from ib_attention_jax.training import run_modes
+from ib_attention_jax.training.checkpoint import Checkpointer
+from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV, NonFiniteLossError, build_experiment
+
+REPO = pathlib.Path(__file__).parent.parent
+SMALL = ["--config.batch_size=16", "--config.eval_batch_size=32", "--config.train_split=train[:512]",
+         "--config.eval_split=test[:64]", "--config.eval_num_samples=2", "--config.progress=False"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.getbasetemp() / "tfds_data"
+    data.build_cluttered_digits(str(path))
+    return str(path)
+
+
+def small_config(data_dir: str, **overrides):
+    c = quickstart.get_config()
+    c.update(dict(data_dir=data_dir, batch_size=16, eval_batch_size=32, train_split="train[:512]",
+                  eval_split="test[:64]", eval_num_samples=2, progress=False, num_steps=4, log_every_steps=1,
+                  export_examples=8))
+    c.update(overrides)
+    return c
+
+
+def run_cli(workdir, data_dir, *extra, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
+           f"--workdir={workdir}", f"--config.data_dir={data_dir}", *SMALL, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def final_params(workdir, data_dir, step: int):
+    config = small_config(data_dir)
+    state, _, restored_step = Checkpointer(pathlib.Path(workdir) / "checkpoints").restore(
+        build_experiment(config).state, step=step)
+    assert restored_step == step
+    return state
+
+
+def test_train_evaluate_and_export_write_their_outputs(tmp_path, data_dir):
+    summary = run_modes.train(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
+    for key in ("test_accuracy_mc", "test_accuracy_mean", "pointing_game", "energy_in_box", "wall_seconds"):
+        assert key in summary
+    assert summary["num_eval_examples"] == 64
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["steps"] == 4 and 0 <= saved["pointing_game"] <= 1
+    assert (tmp_path / "attention_overlays.png").stat().st_size > 0
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["kind"] == "train"]
+    assert {"ce", "kl", "vq_loss", "commit_loss", "anchor_perplexity", "anchor_usage", "images_per_second"} <= set(
+        train[-1])
+    assert [x for x in lines if x["kind"] == "eval"]
+    evaluated = run_modes.evaluate_checkpoint(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
+    assert evaluated["step"] == 4
+    assert evaluated["accuracy_mc"] == pytest.approx(summary["test_accuracy_mc"])
+    exported = run_modes.export_attention(small_config(data_dir, model="small_aib_qt"), str(tmp_path), 5)
+    names = sorted(p.name for p in (tmp_path / "attention_maps").iterdir())
+    assert exported["files"] == 15 and "test_0000_att00_q.png" in names and "grid.png" in names
+
+
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, data_dir):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    common = ["--config.num_steps=6", "--config.checkpoint_every_steps=1"]
+    assert run_cli(straight, data_dir, *common).returncode == 0
+    proc = run_cli(killed, data_dir, *common, env={KILL_AFTER_STEP_ENV: "3"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert max(Checkpointer(killed / "checkpoints").all_steps()) == 3
+    resumed = run_cli(killed, data_dir, *common)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_params(straight, data_dir, 6), final_params(killed, data_dir, 6)
+    import jax
+
+    diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+                                   (a.params, a.batch_stats, a.opt_state), (b.params, b.batch_stats, b.opt_state))
+    assert max(jax.tree_util.tree_leaves(diffs)) == 0.0
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, data_dir):
+    cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
+           f"--workdir={tmp_path}", f"--config.data_dir={data_dir}", *SMALL, "--config.num_steps=100000",
+           "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    steps = Checkpointer(tmp_path / "checkpoints").all_steps()
+    assert steps and 2 <= steps[-1] < 100000
+    assert '"preempted"' in metrics.read_text()
+
+
+def test_non_finite_loss_stops_with_step_parts_and_checkpoint(tmp_path, data_dir):
+    config = small_config(data_dir, num_steps=8, checkpoint_every_steps=1)
+    config.optimizer.update(name="sgd", learning_rate=1e30, schedule="constant")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: parts .*'ce'.*last good checkpoint"):
+        run_modes.train(config, str(tmp_path))
