@@ -15,7 +15,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -29,4 +29,5 @@ parity: $(STAMP)
 	  $(PY) -m ib_attention_jax.interop.parity $$f || exit 1; done
 
 demo: $(STAMP)
-	$(PY) -m experiments.main --config=experiments/configs/quickstart.py --workdir=workdir/quickstart
+	$(PY) -m experiments.main --config=experiments/configs/quickstart.py --workdir=workdir/quickstart \
+	  --config.data_dir=workdir/tensorflow_datasets

@@ -10,6 +10,7 @@ import json
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from ib_attention_jax.training import run_modes
@@ -18,12 +19,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention"], "what to do")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 20, "export_attention: how many test images")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "log at INFO level (Orbax, tfds and the loop)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if _VERBOSE.value else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
     config, workdir = _CONFIG.value, _WORKDIR.value
     if _MODE.value == "train":
         summary = run_modes.train(config, workdir)

@@ -16,6 +16,9 @@ from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import StepConfig, make_train_step
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "experiments" / "configs"
+# XLA's convolution compiles several times faster on CPU than the slices form; the two forms are
+# tested equal in test_conv.py, and this smoke test is about the configs.
+CONV_IMPL = "xla"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base", "official"))
 
 
@@ -26,6 +29,7 @@ def test_every_config_is_listed():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_two_steps(name):
     config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    config.model_kwargs.conv_impl = CONV_IMPL
     doc = importlib.import_module(f"experiments.configs.{name}").__doc__
     assert f"--config=experiments/configs/{name}.py" in doc and "reach" in doc  # command and expected figure
     recipe = data_lib.get_recipe(config.dataset)

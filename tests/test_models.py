@@ -168,7 +168,7 @@ def test_num_classes_changes_the_logits(name):
 def test_anchor_options():
     variables, out = _abstract_run(create_model("small_aib_qt", num_anchors=5, anchor_init="uniform"), 32)
     assert variables["params"]["quantizer"]["anchors"].shape == (5,) and out.quantizer.usage.shape == (5,)
-    with pytest.raises(ValueError, match="anchor init"):
+    with pytest.raises(ValueError, match="anchor_init"):
         _abstract_run(create_model("small_aib_qt", anchor_init="kmeans"), 32)
 
 

@@ -98,9 +98,6 @@ def test_two_hosts_shard_map_match_one_process(tmp_path, reference):
         assert run["trace_counts"] == {"train_step": 1}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Runner('pmap') maps over this process's devices only (jax.pmap(devices=local_devices)), "
-                          "so lax.pmean does not reach the other hosts; jax.pmap(devices=) wants every device")
 def test_two_hosts_pmap_match_one_process(tmp_path, reference):
     hosts = run_hosts(tmp_path, "pmap", local_devices=2)
     for host in hosts:

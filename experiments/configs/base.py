@@ -36,7 +36,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.half_precision = False  # bfloat16 compute, float32 parameters; KL and quantiser losses in float32
 
     c.parallel = "shard_map"  # or "pmap"
-    c.distributed = False  # jax.distributed.initialize() for multi-host runs
+    c.distributed = False  # jax.distributed.initialize() for multi-host runs (TPU pods, SLURM, Open MPI: automatic)
+    c.coordinator_address = ml_collections.config_dict.placeholder(str)  # manual launch: "host:port" of process 0
+    c.num_processes = ml_collections.config_dict.placeholder(int)  # manual launch: number of processes
+    c.process_id = ml_collections.config_dict.placeholder(int)  # manual launch: this process's index
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_every_steps = 50

@@ -11,11 +11,13 @@ warning and the previous one is restored.
 from __future__ import annotations
 
 import logging
-import pathlib
 import warnings
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
+
+from ib_attention_jax.training.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +25,10 @@ log = logging.getLogger(__name__)
 class Checkpointer:
     """Save and restore ``(state, input_state)`` pairs under ``directory``."""
 
-    def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 3) -> None:
+    def __init__(self, directory: str | epath.PathLike, max_to_keep: int = 3) -> None:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -37,10 +39,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def path(self, step: int) -> pathlib.Path:
+    def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
-    def save(self, step: int, state: Any, input_state: dict | None = None) -> pathlib.Path:
+    def save(self, step: int, state: Any, input_state: dict | None = None) -> epath.Path:
         """Writes step ``step`` (overwriting nothing: an existing step is left as it is)."""
         if step in self.manager.all_steps():
             return self.path(step)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
 import signal
 import time
 from typing import Any
@@ -31,6 +30,7 @@ from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.metrics import MetricWriter, Progress
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
 from ib_attention_jax.training.parallel import Runner, host_batch_index
+from ib_attention_jax.training.paths import as_path, atomic_write_text, write_via_local_file
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
 
@@ -150,12 +150,13 @@ def eval_batches(config: ml_collections.ConfigDict, exp: Experiment, split: str)
                                        split=split, normalization=config.get("normalization"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
     t_start = time.time()
     if config.get("distributed", False):
-        jax.distributed.initialize()
-    workdir = pathlib.Path(workdir).absolute()
+        jax.distributed.initialize(coordinator_address=config.get("coordinator_address"),
+                                   num_processes=config.get("num_processes"), process_id=config.get("process_id"))
+    workdir = as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     exp = build_experiment(config)
@@ -187,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt_every = config.get("checkpoint_every_steps", 0) or total_steps
     index = host_batch_index(host_batch)
 
-    def save(step: int, pstate) -> pathlib.Path:
+    def save(step: int, pstate):
         return checkpointer.save(step, runner.unreplicate(pstate), train_iter.get_state())
 
     def check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
@@ -264,7 +265,7 @@ class _ModelSelector:
     """
 
     def __init__(self, config, exp: Experiment, runner: Runner, eval_step, writer: MetricWriter,
-                 workdir: pathlib.Path) -> None:
+                 workdir) -> None:
         self.config, self.exp, self.runner, self.eval_step, self.writer = config, exp, runner, eval_step, writer
         self.split = config.get("validation_split")
         self.best: tuple[float, int] | None = None
@@ -309,16 +310,14 @@ def _summary(config, info, result: EvalResult, step: int, t_start: float, images
     return summary
 
 
-def _write_outputs(workdir: pathlib.Path, config, result: EvalResult, summary: dict) -> None:
+def _write_outputs(workdir, config, result: EvalResult, summary: dict) -> None:
     from ib_attention_jax.evaluation.overlays import denormalize, save_attention_grid
 
     ex = result.examples
     if "attention" in ex and len(ex["image"]):
         mean, std = normalization_constants(config)
-        path = save_attention_grid(workdir / "attention_overlays.png", denormalize(ex["image"], mean, std),
-                                   ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
-                                   quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))
+        path = write_via_local_file(workdir / "attention_overlays.png", lambda name: save_attention_grid(
+            name, denormalize(ex["image"], mean, std), ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
+            quantized_maps=ex.get("attention_q"), boxes=ex.get("box")))
         summary["attention_overlays"] = str(path)
-    tmp = workdir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, workdir / "summary.json")
+    atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))

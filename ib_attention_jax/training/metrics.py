@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from ib_attention_jax.training.paths import as_path
 
 
 def _scalar(value: Any) -> float | list | None:
@@ -23,24 +24,34 @@ def _scalar(value: Any) -> float | list | None:
 class MetricWriter:
     """Writes ``{"step", "kind", ...}`` lines to ``metrics.jsonl`` (and TensorBoard scalars)."""
 
-    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = False, enabled: bool = True) -> None:
+    def __init__(self, workdir, tensorboard: bool = False, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = as_path(workdir) / "metrics.jsonl"
         self._tb = None
+        self._remote_lines: list[str] | None = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", buffering=1)
+            if "://" in str(self.path):  # object stores cannot append: rewrite the (small) file
+                self._remote_lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+                self._file = None
+            else:
+                self._file = open(self.path, "a", buffering=1)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+                self._tb = SummaryWriter(str(as_path(workdir) / "tensorboard"))
 
     def write(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
         record.update({k: _scalar(v) for k, v in metrics.items()})
-        self._file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._remote_lines is None:
+            self._file.write(line)
+        else:
+            self._remote_lines.append(line)
+            self.path.write_text("".join(self._remote_lines))
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, float):
@@ -48,7 +59,8 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
             if self._tb is not None:
                 self._tb.close()
 

@@ -48,7 +48,7 @@ class Runner:
         if self.mode == "pmap":  # a leading device axis, placed as pmap places its outputs
             n = len(self.local_devices)
             stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
-            return jax.pmap(lambda t: t, axis_name=AXIS, devices=self.local_devices)(stacked)
+            return jax.pmap(lambda t: t, axis_name=AXIS, devices=self.devices)(stacked)
         sharding = NamedSharding(self.mesh, P())
         return jax.tree_util.tree_map(
             lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, x=x: np.asarray(x)[idx]), tree)
@@ -94,7 +94,7 @@ class Runner:
         """``(state, batch) -> (state, metrics)``; the state is donated, metrics come back replicated."""
         fn = self._counted(name, step)
         if self.mode == "pmap":
-            pstep = jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=(0,))
+            pstep = jax.pmap(fn, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
 
             def run(state, batch):
                 new_state, metrics = pstep(state, batch)
@@ -108,7 +108,7 @@ class Runner:
         """``(state, batch) -> per-example outputs`` (sharded along the batch)."""
         fn = self._counted(name, step)
         if self.mode == "pmap":
-            return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices)
+            return jax.pmap(fn, axis_name=AXIS, devices=self.devices)
         return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
                                      check_vma=False))
 

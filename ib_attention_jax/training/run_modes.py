@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -15,6 +14,7 @@ from ib_attention_jax.evaluation.evaluate import evaluate
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import build_experiment, eval_batches, normalization_constants, train_and_evaluate
 from ib_attention_jax.training.parallel import Runner
+from ib_attention_jax.training.paths import as_path, atomic_write_text
 from ib_attention_jax.training.step import make_eval_step
 
 EMBEDDED = ("cluttered_digits",)
@@ -31,7 +31,7 @@ def ensure_embedded_dataset(config: ml_collections.ConfigDict) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ensure_embedded_dataset(config)
     summary = train_and_evaluate(config, workdir)
-    summary["workdir"] = str(pathlib.Path(workdir).absolute())
+    summary["workdir"] = str(as_path(workdir))
     print(f"outputs in {summary['workdir']}: summary.json, metrics.jsonl, checkpoints/, attention_overlays.png",
           flush=True)
     return summary
@@ -39,7 +39,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _restore(config: ml_collections.ConfigDict, workdir: str):
     exp = build_experiment(config)
-    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", config.get("keep_checkpoints", 3))
+    checkpointer = Checkpointer(as_path(workdir) / "checkpoints", config.get("keep_checkpoints", 3))
     restored = checkpointer.restore(exp.state)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first (--mode=train)")
@@ -56,9 +56,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     result = evaluate(runner, eval_step, runner.replicate(state), eval_batches(config, exp, exp.info.eval_split),
                       exp.image_size)
     summary = {"step": step, "eval_split": exp.info.eval_split, **result.metrics}
-    path = pathlib.Path(workdir) / "eval.json"
-    path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
-    os.replace(path.with_suffix(".tmp"), path)
+    atomic_write_text(as_path(workdir) / "eval.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -76,7 +74,7 @@ def export_attention(config: ml_collections.ConfigDict, workdir: str, num_images
         raise ValueError(f"{config.model} has no attention map to export")
     mean, std = normalization_constants(config)
     images = denormalize(ex["image"], mean, std)
-    out_dir = pathlib.Path(workdir) / "attention_maps"
+    out_dir = pathlib.Path(workdir) / "attention_maps"  # local: the PNG writers need a file system
     files = save_attention_maps(out_dir, images, ex["attention"], quantized_maps=ex.get("attention_q"))
     grid = save_attention_grid(out_dir / "grid.png", images, ex["attention"], labels=ex["label"],
                                predictions=ex["pred_mc"], quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))

@@ -1,0 +1,404 @@
+"""Train-step throughput: our jitted JAX step against the PyTorch reference module, in one process.
+
+    make torch        # once: CPU PyTorch 2.13.0 (or .venv/bin/pip install -r requirements-torch.txt)
+    .venv/bin/python -m experiments.benchmarks.train_step --model vgg_aib --batch 32
+    .venv/bin/python -m experiments.benchmarks.train_step --model wrn_aib --batch 32 --steps 3 --repeats 3
+    .venv/bin/python -m experiments.benchmarks.train_step --model vgg_aib --batch 32 --no-torch
+
+Both sides train the same model from the same weights (the JAX init, exported with
+``interop.to_state_dict`` and loaded into ``interop.torch_reference`` with strict=True)
+on one fixed random batch (no input pipeline), with the official CIFAR recipe: SGD
+lr 0.01, momentum 0.9, weight decay 5e-4 (coupled, as torch.optim.SGD), the official
+loss (CE/ln2 + beta*c*KL/ln2 (+ 0.4 vq + 0.1 commit)), num_sample 1, train mode.
+
+JAX: ``create_model(name, 10, bn_axis_name='data')``, ``make_train_step`` with
+``official_objective(name)``, run by ``Runner('shard_map', jax.devices()[:1])``. The
+compile time is lower + compile of that step; the step's FLOPs come from XLA's
+``cost_analysis()['flops']`` (its count includes elementwise work); the torch step's
+FLOPs from ``torch.utils.flop_counter`` (convolutions and matmuls only), counted
+on its first warm-up step.
+
+Timing: after warm-up, ``--repeats`` timed runs of ``--steps`` steps per framework,
+interleaved (jax, torch, jax, torch, ...) so both see the same machine load; images/s
+is the median over runs. ``--threads N`` gives torch N threads (``torch.set_num_threads``)
+and, when N is below the CPUs this process may use, pins the whole process to N CPUs
+(``sched_setaffinity``), which is what bounds XLA's CPU thread pool: XLA's
+``--xla_cpu_multi_thread_eigen`` flag did not change a 2-thread matmul's speed on
+jax 0.10, pinning did. Memory: the process's peak RSS; per framework, how far the
+peak RSS rose above the process's RSS before that framework's setup (JAX: init,
+compile, first step, measured before torch allocates anything; torch: model, first
+step and warm-up, measured by resetting the kernel's high-water mark VmHWM); XLA's
+buffer sizes of the compiled step (``memory_analysis()``) and ``memory_stats()`` of the
+JAX device where the backend has them (not on CPU).
+
+Prints a table and, last, one JSON line with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+AIB_MODELS = ("vgg_aib", "vgg_aib_qt", "wrn_aib", "wrn_aib_qt")
+PLAIN_MODELS = ("vgg_plain", "wrn_plain")
+NUM_CLASSES = 10
+RECIPE = {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 5e-4}
+
+
+# -- process measurements ------------------------------------------------------------------------
+def _status_kb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """Resident set size now (MiB)."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size since start (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Resets the kernel's high-water mark VmHWM (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def phase_peak_mb() -> float | None:
+    """VmHWM: the peak RSS since the last :func:`reset_peak_rss` (MiB)."""
+    kb = _status_kb("VmHWM")
+    return None if kb is None else kb / 1024
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def limit_cpus(threads: int) -> list[int]:
+    """Pins the process to ``threads`` CPUs when it may use more; returns the CPUs it runs on."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        os.sched_setaffinity(0, set(allowed[:threads]))
+    return sorted(os.sched_getaffinity(0))
+
+
+# -- one framework ---------------------------------------------------------------------------------
+class Bench:
+    """A framework's train step on a fixed batch: ``run(steps)`` returns the seconds taken."""
+
+    name: str
+    step_flops: float | None = None
+    flops_source: str = ""
+    setup: dict[str, float]
+    runs: list[float]
+    losses: list[float]
+    peak_added_mb: float | None = None  # peak RSS over the process before this framework was set up
+
+    def run(self, steps: int) -> float:
+        raise NotImplementedError
+
+
+class JaxBench(Bench):
+    """Our jitted train step under ``Runner('shard_map', jax.devices()[:1])``."""
+
+    def __init__(self, model_name: str, batch: int, dtype: str, conv_impl: str, seed: int,
+                 images: np.ndarray, labels: np.ndarray) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        from ib_attention_jax import create_model
+        from ib_attention_jax.objectives import official_objective
+        from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
+        from ib_attention_jax.training.parallel import Runner, host_batch_index
+        from ib_attention_jax.training.state import TrainState
+        from ib_attention_jax.training.step import StepConfig, make_train_step
+
+        self.name, self.setup, self.runs, self.losses = "jax", {}, [], []
+        self._jax = jax
+        kwargs: dict[str, Any] = {"bn_axis_name": "data", "conv_impl": conv_impl}
+        if dtype == "bfloat16":
+            kwargs["dtype"] = jnp.bfloat16
+        self.model = create_model(model_name, NUM_CLASSES, **kwargs)
+        init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+        t = time.perf_counter()
+        self.variables = jax.jit(lambda k: self.model.init(k, jnp.zeros((1, 32, 32, 3)), deterministic=True))(
+            init_key)
+        jax.block_until_ready(self.variables)
+        self.setup["init_s"] = time.perf_counter() - t
+        tx, _ = make_optimizer(OptimizerConfig(name="sgd", **RECIPE), steps_per_epoch=1000, total_steps=10**6)
+        runner = Runner("shard_map", jax.devices()[:1])
+        self.state = runner.replicate(TrainState.create(self.variables, tx, state_key))
+        step = runner.compile_train_step(make_train_step(self.model, tx, StepConfig(objective=official_objective(
+            model_name))))
+        self.batch = runner.shard_batch({"image": images, "label": labels.astype(np.int32),
+                                         "index": host_batch_index(batch)})
+        t = time.perf_counter()
+        self.step = step.lower(self.state, self.batch).compile()  # the Runner's jit, compiled once
+        self.setup["compile_s"] = time.perf_counter() - t
+        self.step_flops, self.flops_source = self._xla_flops()
+        t = time.perf_counter()
+        self.state, metrics = self.step(self.state, self.batch)
+        jax.block_until_ready(self.state)
+        self.setup["first_step_s"] = time.perf_counter() - t
+        self.losses.append(float(metrics["total"]))
+
+    def _xla_flops(self) -> tuple[float | None, str]:
+        try:
+            cost = self.step.cost_analysis()
+        except Exception as err:
+            return None, f"unavailable ({type(err).__name__})"
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else {}
+        flops = (cost or {}).get("flops")
+        return (float(flops), "xla cost_analysis") if flops else (None, "unavailable (no 'flops' key)")
+
+    def memory_analysis(self) -> dict[str, float] | None:
+        """XLA's buffer sizes of the compiled step (MiB): arguments, outputs, temporaries."""
+        try:
+            m = self.step.memory_analysis()
+        except Exception:
+            return None
+        if m is None:
+            return None
+        fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes")
+        return {f.replace("_size_in_bytes", "_mb"): round(getattr(m, f) / 2**20, 1) for f in fields if hasattr(m, f)}
+
+    def memory_stats(self) -> dict[str, Any] | None:
+        try:
+            return self._jax.devices()[0].memory_stats()
+        except Exception:
+            return None
+
+    def run(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch)
+        self._jax.block_until_ready(self.state)
+        elapsed = time.perf_counter() - t
+        self.losses.append(float(metrics["total"]))
+        return elapsed
+
+
+class TorchBench(Bench):
+    """The PyTorch reference module trained with torch.optim.SGD and the official loss."""
+
+    def __init__(self, model_name: str, dtype: str, threads: int, state_dict: dict[str, np.ndarray],
+                 images: np.ndarray, labels: np.ndarray) -> None:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from ib_attention_jax.interop import torch_reference
+
+        self.name, self.setup, self.runs, self.losses = "torch", {}, [], []
+        self._torch, self._ref = torch, torch_reference
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        self.model = torch_reference.create_torch_model(model_name, NUM_CLASSES)
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
+        self.model.train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=RECIPE["learning_rate"], momentum=RECIPE["momentum"],
+                                   weight_decay=RECIPE["weight_decay"])
+        self.x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.y = torch.from_numpy(labels.astype(np.int64))
+        self.autocast = dtype == "bfloat16"
+        self.setup["init_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with FlopCounterMode(display=False) as counter:
+            loss = self._step()
+        self.setup["first_step_s"] = time.perf_counter() - t
+        self.losses.append(float(loss))
+        self.step_flops, self.flops_source = float(counter.get_total_flops()), "torch flop_counter (conv/matmul)"
+
+    def _step(self):
+        torch = self._torch
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            output = self.model(self.x, num_sample=1)
+            total, _ = self._ref.loss(self.model, output, self.y)
+        total.backward()
+        self.opt.step()
+        return total.detach()
+
+    def run(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = self._step()
+        elapsed = time.perf_counter() - t
+        self.losses.append(float(loss))
+        return elapsed
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+def summarize(bench: Bench, batch: int, steps: int) -> dict[str, Any]:
+    img_per_s = [batch * steps / s for s in bench.runs]
+    median = statistics.median(img_per_s)
+    gflops = None if bench.step_flops is None else median / batch * bench.step_flops / 1e9
+    return {"img_per_s": median, "img_per_s_runs": [round(v, 3) for v in img_per_s], "gflops": gflops,
+            "step_flops": bench.step_flops, "flops_source": bench.flops_source,
+            "peak_added_mb": bench.peak_added_mb,
+            "losses": [round(v, 4) for v in bench.losses], **bench.setup}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: dict[str, dict[str, Any]]) -> None:
+    print(f"{'framework':10s} {'img/s':>8s} {'GFLOP/s':>8s} {'GFLOP/step':>10s} {'compile s':>9s} "
+          f"{'1st step s':>10s} {'peak +MB':>8s}  runs (img/s)")
+    for name, r in rows.items():
+        step_gflop = None if r["step_flops"] is None else r["step_flops"] / 1e9
+        print(f"{name:10s} {r['img_per_s']:8.2f} {_fmt(r['gflops'], '8.1f')} {_fmt(step_gflop, '10.1f')} "
+              f"{_fmt(r.get('compile_s'), '9.1f')} {_fmt(r.get('first_step_s'), '10.1f')} "
+              f"{_fmt(r['peak_added_mb'], '8.0f')}  {r['img_per_s_runs']}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", default="vgg_aib", choices=AIB_MODELS + PLAIN_MODELS)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per framework (median reported)")
+    parser.add_argument("--steps", type=int, default=3, help="train steps per timed run")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first one")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "slices"),
+                        help="JAX convolution form (auto: slices on CPU, XLA's conv elsewhere)")
+    parser.add_argument("--no-torch", action="store_true", help="time the JAX step only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if min(args.batch, args.repeats, args.steps, args.threads) < 1 or args.warmup < 0:
+        parser.error("--batch, --repeats, --steps and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    cpus = limit_cpus(args.threads)  # before jax creates its CPU client
+    load_start = os.getloadavg()
+    import jax
+
+    from ib_attention_jax.interop import to_state_dict
+    from ib_attention_jax.models.conv import resolve_conv_impl
+
+    if not args.no_torch:
+        import torch  # noqa: F401 (imported before the memory baseline, like jax)
+
+    rng = np.random.default_rng(args.seed + 1000)
+    images = rng.standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(args.batch) % NUM_CLASSES
+    rss_base = rss_mb()
+
+    print(f"{args.model}, batch {args.batch}, {args.dtype}, {args.threads} threads on CPUs {cpus}, "
+          f"load average {load_start[0]:.2f}; building and compiling the JAX step...", flush=True)
+    jb = JaxBench(args.model, args.batch, args.dtype, args.conv_impl, args.seed, images, labels)
+    jax_peak = peak_rss_mb()  # nothing of torch allocated yet
+    jb.peak_added_mb = None if rss_base is None else round(jax_peak - rss_base, 1)
+    print(f"  jax: init {jb.setup['init_s']:.1f} s, compile {jb.setup['compile_s']:.1f} s, "
+          f"first step {jb.setup['first_step_s']:.1f} s", flush=True)
+    benches: list[Bench] = [jb]
+    if not args.no_torch:
+        state_dict = to_state_dict(jb.model, jb.variables)
+        rss_before, can_reset = rss_mb(), reset_peak_rss()
+        tb = TorchBench(args.model, args.dtype, args.threads, state_dict, images, labels)
+        del state_dict
+        for _ in range(args.warmup):
+            tb.run(1)
+        hwm = phase_peak_mb()
+        if can_reset and hwm is not None and rss_before is not None:
+            tb.peak_added_mb = round(hwm - rss_before, 1)
+        print(f"  torch: first step (with FLOP counting) {tb.setup['first_step_s']:.1f} s", flush=True)
+        benches.append(tb)
+    del jb.variables  # the JAX state lives in jb.state
+    for _ in range(args.warmup):
+        jb.run(1)
+    for r in range(args.repeats):  # interleaved: jax, torch, jax, torch, ...
+        for bench in benches:
+            bench.runs.append(bench.run(args.steps))
+        print(f"  run {r + 1}/{args.repeats}: " + ", ".join(
+            f"{b.name} {args.batch * args.steps / b.runs[-1]:.2f} img/s" for b in benches), flush=True)
+    rows = {b.name: summarize(b, args.batch, args.steps) for b in benches}
+    load_end = os.getloadavg()
+    print()
+    print_table(rows)
+    print(f"load average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
+          f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}; FLOPs: jax from "
+          f"{rows['jax']['flops_source']}" + (f", torch from {rows['torch']['flops_source']}" if "torch" in rows
+                                             else ""))
+
+    j, t = rows["jax"], rows.get("torch")
+    versions = {"jax": jax.__version__, "python": sys.version.split()[0]}
+    try:
+        import jaxlib
+
+        versions["jaxlib"] = jaxlib.__version__
+    except ImportError:
+        pass
+    if t is not None:
+        import torch
+
+        versions["torch"] = torch.__version__
+    result = {
+        "model": args.model, "batch": args.batch,
+        "jax_img_per_s": round(j["img_per_s"], 3),
+        "torch_img_per_s": None if t is None else round(t["img_per_s"], 3),
+        "ratio": None if t is None else round(j["img_per_s"] / t["img_per_s"], 3),
+        "jax_gflops": None if j["gflops"] is None else round(j["gflops"], 1),
+        "torch_gflops": None if t is None or t["gflops"] is None else round(t["gflops"], 1),
+        "jax_step_gflop": None if j["step_flops"] is None else round(j["step_flops"] / 1e9, 2),
+        "torch_step_gflop": None if t is None or t["step_flops"] is None else round(t["step_flops"] / 1e9, 2),
+        "jax_flops_source": j["flops_source"],
+        "jax_img_per_s_runs": j["img_per_s_runs"], "torch_img_per_s_runs": None if t is None else t["img_per_s_runs"],
+        "compile_s": round(j["compile_s"], 2), "jax_init_s": round(j["init_s"], 2),
+        "jax_first_step_s": round(j["first_step_s"], 2),
+        "torch_first_step_s": None if t is None else round(t["first_step_s"], 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "jax_peak_rss_mb": round(jax_peak, 1),
+        "base_rss_mb": None if rss_base is None else round(rss_base, 1), "jax_peak_added_mb": j["peak_added_mb"],
+        "torch_peak_added_mb": None if t is None else t["peak_added_mb"],
+        "jax_buffers_mb": jb.memory_analysis(), "jax_memory_stats": jb.memory_stats(),
+        "jax_losses": j["losses"], "torch_losses": None if t is None else t["losses"],
+        "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
+        "cpus": cpus, "dtype": args.dtype, "conv_impl": resolve_conv_impl(args.conv_impl),
+        "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in load_end],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{jax.devices()[0].platform}: {cpu_name()}", "versions": versions,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
