@@ -14,11 +14,12 @@ def get_config():
     c = get_base_config()
     c.model = "small_aib"
     c.dataset = "cluttered_digits"
-    c.batch_size = 128
+    # More updates in a short run: 4 epochs at batch 128 reached 88.9% (pointing 80.0%), at 64 95.6% (90.3%).
+    c.batch_size = 64
     c.eval_batch_size = 500
-    c.num_epochs = 18
+    c.num_epochs = 4
     c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-3
+    c.optimizer.learning_rate = 1.5e-3
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 100
     c.objective.info_factor = 1.0
