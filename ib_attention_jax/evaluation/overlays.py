@@ -140,6 +140,9 @@ def _atomic_save(image: Image.Image, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -84,7 +84,7 @@ def kl_official(mu: Tensor, std: Tensor) -> Tensor:
 
 
 class _AIBBase(nn.Module):
-    """The generic AIB forward; subclasses provide features, att_module_mu/std, encode, decode (and emb)."""
+    """The generic AIB forward; subclasses provide front(), att_module_mu/std, encode, decode and emb (or None)."""
 
     K: int
     att_dim: int = 16
