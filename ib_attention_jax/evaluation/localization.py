@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_area_fraction", "energy_in_box", "pointing_game", "upsample_map"]
+__all__ = ["as_maps", "box_area_fraction", "energy_in_box", "pointing_game", "upsample_map"]
 
 
-def _as_maps(maps: np.ndarray) -> np.ndarray:
+def as_maps(maps: np.ndarray) -> np.ndarray:
     """Validate and return maps as a (b, h, w) float64 array; (b, h, w, 1) is squeezed."""
     maps = np.asarray(maps)
     if maps.ndim == 4 and maps.shape[-1] == 1:
@@ -66,7 +66,7 @@ def upsample_map(maps: np.ndarray, image_size: int) -> np.ndarray:
     Exact block replication (no interpolation), so mass and argmax are those of the map; S must be
     divisible by h and w, otherwise cells would cover unequal blocks and a ValueError is raised.
     """
-    maps = _as_maps(maps)
+    maps = as_maps(maps)
     size = _check_size(image_size)
     _, h, w = maps.shape
     if size % h or size % w:
@@ -82,7 +82,7 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray, image_size: int, toleranc
     pointing-game tolerance (Zhang et al., 2016, use 15 px at 224x224): the box grows by that many
     pixels on each side before the test, so a peak just outside the object still counts as a hit.
     """
-    maps = _as_maps(maps)
+    maps = as_maps(maps)
     boxes = _as_boxes(boxes, maps.shape[0], maps.shape)
     size = _check_size(image_size)
     if tolerance_px < 0:
@@ -104,7 +104,7 @@ def energy_in_box(maps: np.ndarray, boxes: np.ndarray, image_size: int) -> np.nd
     (`upsample_map`), and the pixels of the box (pixel-centre rule) are summed against the whole
     image. A map with no mass gives 0. Compare with `box_area_fraction`, its uniform-map chance level.
     """
-    maps = _as_maps(maps)
+    maps = as_maps(maps)
     boxes = _as_boxes(boxes, maps.shape[0], maps.shape)
     size = _check_size(image_size)
     up = upsample_map(np.clip(maps, 0.0, None), size)  # (b, S, S)

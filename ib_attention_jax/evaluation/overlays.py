@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ib_attention_jax.evaluation.localization import as_maps
+
 __all__ = [
     "GRID_PAD",
     "GRID_TEXT_HEIGHT",
@@ -45,13 +47,8 @@ _CMAP_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]
 
 
 def _as_maps(maps: np.ndarray) -> np.ndarray:
-    """(b, h, w) or (b, h, w, 1) -> (b, h, w) float32, else ValueError."""
-    maps = np.asarray(maps)
-    if maps.ndim == 4 and maps.shape[-1] == 1:
-        maps = maps[..., 0]
-    if maps.ndim != 3:
-        raise ValueError(f"maps must have shape (b, h, w) or (b, h, w, 1), got {maps.shape}")
-    return maps.astype(np.float32, copy=False)
+    """(b, h, w) or (b, h, w, 1) -> (b, h, w) float32, else ValueError (the localisation check)."""
+    return as_maps(maps).astype(np.float32)
 
 
 def _as_images(images: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -118,6 +117,3 @@ def host_batch_index(batch_size: int, process_index: int | None = None) -> np.nd
     p = jax.process_index() if process_index is None else process_index
     return (p * batch_size + np.arange(batch_size)).astype(np.int32)
 
-
-def to_float32_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: np.asarray(jnp.asarray(v)) for k, v in metrics.items()}
