@@ -52,9 +52,15 @@ def _pad_crop_flip(
             image, (top, left) = augment.pad_and_random_crop(image, rng, recipe.pad)
             box = None if box is None else augment.shift_box(box, recipe.pad - top, recipe.pad - left)
         if recipe.flip:
-            image, flipped = augment.random_flip(image, rng)
-            box = augment.flip_box(box, size) if (flipped and box is not None) else box
+            image, box = _random_flip(image, box, rng, size)
     return image, box
+
+
+def _random_flip(image: np.ndarray, box: np.ndarray | None, rng: np.random.Generator, size: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flips left-right with probability 0.5, mirroring the box with the image."""
+    image, flipped = augment.random_flip(image, rng)
+    return image, (augment.flip_box(box, size) if (flipped and box is not None) else box)
 
 
 def _box_crop_resize(
@@ -77,8 +83,7 @@ def _box_crop_resize(
     image = augment.crop(image, top, left, size, size)
     box = None if box is None else augment.shift_box(box, -top, -left)
     if rng is not None and recipe.flip:
-        image, flipped = augment.random_flip(image, rng)
-        box = augment.flip_box(box, size) if (flipped and box is not None) else box
+        image, box = _random_flip(image, box, rng, size)
     return image, box
 
 
