@@ -8,11 +8,13 @@
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ib_attention_jax import cpu_memory
 from ib_attention_jax.training import run_modes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -39,4 +41,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_memory.reexec_with_huge_pages("experiments.main", sys.argv[1:])
     app.run(main)

@@ -31,6 +31,10 @@ step and warm-up, measured by resetting the kernel's high-water mark VmHWM); XLA
 buffer sizes of the compiled step (``memory_analysis()``) and ``memory_stats()`` of the
 JAX device where the backend has them (not on CPU).
 
+Run as a program it restarts itself with transparent huge pages for ``malloc``
+(``ib_attention_jax.cpu_memory``; both frameworks allocate through it), unless
+``IB_ATTENTION_NO_HUGE_PAGES=1``; the JSON line records ``GLIBC_TUNABLES``.
+
 Prints a table and, last, one JSON line with the numbers.
 """
 
@@ -391,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jax_buffers_mb": jb.memory_analysis(), "jax_memory_stats": jb.memory_stats(),
         "jax_losses": j["losses"], "torch_losses": None if t is None else t["losses"],
         "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-        "cpus": cpus, "dtype": args.dtype, "conv_impl": resolve_conv_impl(args.conv_impl),
+        "cpus": cpus, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "dtype": args.dtype,
+        "conv_impl": resolve_conv_impl(args.conv_impl),
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in load_end],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": f"{jax.devices()[0].platform}: {cpu_name()}", "versions": versions,
@@ -401,4 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from ib_attention_jax import cpu_memory
+
+    cpu_memory.reexec_with_huge_pages("experiments.benchmarks.train_step", sys.argv[1:])
     main()

@@ -1,0 +1,29 @@
+"""The benchmark helpers that decide what is measured: the step profile's convolution stand-in."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.benchmarks.step_profile import _stand_in_conv, convolutions_replaced
+from ib_attention_jax.models import conv as conv_module
+from ib_attention_jax.models.conv import conv2d_xla
+
+SHAPES = [(32, 3, 1, 1, 3, 64), (32, 3, 2, 1, 16, 8), (2, 3, 1, 1, 8, 8), (16, 1, 2, 0, 8, 16), (1, 1, 1, 0, 16, 4),
+          (32, 7, 2, 3, 3, 8)]
+
+
+@pytest.mark.parametrize("size,k,stride,pad,cin,cout", SHAPES)
+def test_stand_in_has_the_convolutions_output_shape_and_a_kernel_gradient(size, k, stride, pad, cin, cout):
+    x = jnp.ones((2, size, size, cin))
+    kernel = jnp.full((k, k, cin, cout), 0.5)
+    assert _stand_in_conv(x, kernel, stride, pad).shape == conv2d_xla(x, kernel, stride, pad).shape
+    grad = jax.grad(lambda w: _stand_in_conv(x, w, stride, pad).sum())(kernel)
+    assert grad.shape == kernel.shape and np.all(np.asarray(grad) != 0)
+
+
+def test_convolutions_replaced_restores_the_layer():
+    original = conv_module.conv2d
+    with convolutions_replaced():
+        assert conv_module.conv2d is _stand_in_conv
+    assert conv_module.conv2d is original
