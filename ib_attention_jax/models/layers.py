@@ -89,8 +89,8 @@ def tiled_max_pool(x: Array, window: int) -> Array:
 
     The gradient goes to the first maximum of each tile in row-major order, as in
     PyTorch and ``lax.reduce_window``, but by one elementwise pass over a saved int8
-    position per output: XLA's CPU select-and-scatter (the gradient of
-    ``reduce_window``) ran 6-40x slower on VGG's maps.
+    position per output: with XLA's CPU select-and-scatter (the gradient of
+    ``reduce_window``) VGG's pools ran 11x slower (``experiments/benchmarks/pooling.py``).
     """
     return _first_max(x, window)[0]
 
