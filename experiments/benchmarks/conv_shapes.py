@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from experiments.benchmarks.train_step import limit_cpus
+
 IMPLS = ("slices", "xla", "torch")
 
 
@@ -217,9 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     models, impls = args.models.split(","), args.impls.split(",")
     if bad := [m for m in models if m not in MODEL_CONVS] + [i for i in impls if i not in IMPLS]:
         parser.error(f"unknown model or implementation: {bad}")
-    allowed = sorted(os.sched_getaffinity(0))
-    if args.threads < len(allowed):
-        os.sched_setaffinity(0, set(allowed[:args.threads]))
+    limit_cpus(args.threads)
     if "torch" in impls:
         import torch
 

@@ -11,25 +11,14 @@ XLA computes by select-and-scatter) and of ``models.layers.tiled_max_pool``: med
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 
+from experiments.benchmarks.conv_shapes import median_ms
+from experiments.benchmarks.train_step import limit_cpus
+
 VGG_POOLED_MAPS = ((32, 256), (16, 512), (8, 512), (4, 512), (2, 512))  # (size, channels) of each pool's input
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    allowed = sorted(os.sched_getaffinity(0))
-    if args.threads < len(allowed):
-        os.sched_setaffinity(0, set(allowed[:args.threads]))
+    limit_cpus(args.threads)
     import jax
     import jax.numpy as jnp
     from jax import lax
