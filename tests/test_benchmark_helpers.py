@@ -1,4 +1,4 @@
-"""The benchmark helpers that decide what is measured: the step profile's convolution stand-in."""
+"""The benchmark helpers that decide what is measured: the step profile's convolution stand-in, the FLOP rates."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.benchmarks.step_profile import _stand_in_conv, convolutions_replaced
+from experiments.benchmarks.train_step import direct_gflops
 from ib_attention_jax.models import conv as conv_module
 from ib_attention_jax.models.conv import conv2d_xla
 
@@ -27,3 +28,10 @@ def test_convolutions_replaced_restores_the_layer():
     with convolutions_replaced():
         assert conv_module.conv2d is _stand_in_conv
     assert conv_module.conv2d is original
+
+
+def test_direct_gflops_rates_jax_by_torchs_flops_per_image():
+    rows = {"jax": {"img_per_s": 2.0, "gflops": 70.0}, "torch": {"img_per_s": 1.0, "gflops": 100.0}}
+    assert direct_gflops(rows) == pytest.approx(200.0)
+    assert direct_gflops({"jax": rows["jax"]}) is None
+    assert direct_gflops({**rows, "torch": {"img_per_s": 1.0, "gflops": None}}) is None

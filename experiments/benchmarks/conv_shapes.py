@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -34,7 +35,7 @@ import numpy as np
 
 from experiments.benchmarks.train_step import limit_cpus
 
-IMPLS = ("slices", "xla", "torch")
+IMPLS = ("auto", "slices", "winograd", "xla", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +115,9 @@ def time_jax(shape: ConvShape, batch: int, impl: str, repeats: int) -> tuple[flo
     import jax
     import jax.numpy as jnp
 
-    from ib_attention_jax.models.conv import conv2d_slices, conv2d_xla
+    from ib_attention_jax.models.conv import conv2d
 
-    conv = {"slices": conv2d_slices, "xla": conv2d_xla}[impl]
+    conv = functools.partial(conv2d, impl=impl)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, shape.h, shape.h, shape.cin)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((shape.k, shape.k, shape.cin, shape.cout)) * 0.05, jnp.float32)

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3, help="train steps per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "slices"))
+    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "slices", "winograd"))
     args = parser.parse_args(argv)
     cpus = limit_cpus(args.threads)
     rng = np.random.default_rng(1000)
