@@ -74,6 +74,23 @@ def test_train_evaluate_and_export_write_their_outputs(tmp_path, data_dir):
     assert exported["files"] == 15 and "test_0000_att00_q.png" in names and "grid.png" in names
 
 
+def test_validation_split_selects_and_keeps_the_best_state_with_its_score(tmp_path, data_dir):
+    config = small_config(data_dir, validation_split="train[512:576]", eval_every_steps=2)
+    summary = run_modes.train(config, str(tmp_path))
+    assert summary["validation_split"] == "train[512:576]"
+    assert summary["selected_step"] in (2, 4)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validation = {x["step"]: x["accuracy_mc"] for x in lines if x["kind"] == "validation"}
+    assert sorted(validation) == [2, 4]
+    best_score = max(validation.values())
+    assert summary["validation_accuracy_mc"] == pytest.approx(best_score)
+    assert validation[summary["selected_step"]] == pytest.approx(best_score)
+    from ib_attention_jax.training.selection import BestCheckpoint
+
+    kept = BestCheckpoint(tmp_path / "best_on_validation", "accuracy_mc")
+    assert (kept.step, kept.score) == (summary["selected_step"], pytest.approx(best_score))
+
+
 def test_killed_run_resumes_on_the_same_trajectory(tmp_path, data_dir):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     common = ["--config.num_steps=6", "--config.checkpoint_every_steps=1"]

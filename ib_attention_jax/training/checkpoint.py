@@ -69,5 +69,10 @@ class Checkpointer:
             return restored["state"], dict(restored["input"] or {}), candidate
         return None
 
+    def read_input_state(self, step: int) -> dict:
+        """The JSON item saved with ``step`` (the input position, or other small metadata), without the state."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore()))
+        return dict(restored["input"] or {})
+
     def close(self) -> None:
         self.manager.close()

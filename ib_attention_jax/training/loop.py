@@ -31,6 +31,7 @@ from ib_attention_jax.training.metrics import MetricWriter, Progress
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
 from ib_attention_jax.training.parallel import Runner, host_batch_index
 from ib_attention_jax.training.paths import as_path, atomic_write_text, write_via_local_file
+from ib_attention_jax.training.selection import BestCheckpoint
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
 
@@ -268,32 +269,24 @@ class _ModelSelector:
                  workdir) -> None:
         self.config, self.exp, self.runner, self.eval_step, self.writer = config, exp, runner, eval_step, writer
         self.split = config.get("validation_split")
-        self.best: tuple[float, int] | None = None
-        self.best_dir = Checkpointer(workdir / "best_on_validation", 1) if self.split else None
-        if self.best_dir is not None and self.best_dir.latest_step() is not None:
-            self.best = (float("-inf"), self.best_dir.latest_step())
+        self.best = BestCheckpoint(workdir / "best_on_validation", "accuracy_mc") if self.split else None
 
     def periodic_eval(self, step: int, pstate) -> None:
         split = self.split or self.exp.info.eval_split
         result = evaluate(self.runner, self.eval_step, pstate, eval_batches(self.config, self.exp, split),
                           self.exp.image_size)
         self.writer.write(step, "validation" if self.split else "eval", result.metrics)
-        if self.split and (self.best is None or result.metrics["accuracy_mc"] > self.best[0]):
-            self.best = (result.metrics["accuracy_mc"], step)
-            for old in self.best_dir.all_steps():
-                if old != step:
-                    self.best_dir.manager.delete(old)
-            self.best_dir.save(step, self.runner.unreplicate(pstate))
+        if self.best is not None:
+            self.best.offer(step, float(result.metrics["accuracy_mc"]), self.runner.unreplicate(pstate))
 
     def final_state(self, step: int, pstate):
         """The state to test and what was selected."""
         if not self.split:
             return pstate, {}
         self.periodic_eval(step, pstate)
-        restored = self.best_dir.restore(self.exp.state)
-        state, _, best_step = restored
+        state, best_step, best_score = self.best.restore(self.exp.state)
         return self.runner.replicate(state), {"selected_step": best_step, "validation_split": self.split,
-                                              "validation_accuracy_mc": self.best[0]}
+                                              "validation_accuracy_mc": best_score}
 
 
 def _summary(config, info, result: EvalResult, step: int, t_start: float, images_per_second: float,

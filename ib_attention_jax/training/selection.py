@@ -1,0 +1,55 @@
+"""The best state so far by a validation score, kept on disk together with its score.
+
+The score is saved inside the checkpoint (its JSON item), so a run restarted from a
+training checkpoint compares new evaluations against the best one it had already
+kept, instead of replacing it with the first evaluation after the restart. The new
+best is written before the old one is deleted, so a failed save never loses it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from etils import epath
+
+from ib_attention_jax.training.checkpoint import Checkpointer
+
+
+class BestCheckpoint:
+    """Keeps the state with the highest ``metric`` offered so far under ``directory``."""
+
+    def __init__(self, directory: str | epath.PathLike, metric: str) -> None:
+        # Two slots: the new best is complete on disk before the previous one goes.
+        self.checkpointer = Checkpointer(directory, max_to_keep=2)
+        self.metric = metric
+        self.step: int | None = self.checkpointer.latest_step()
+        self.score: float | None = None
+        if self.step is not None:
+            saved = self.checkpointer.read_input_state(self.step).get(metric)
+            # A checkpoint kept without its score (older runs) counts as beaten by any new evaluation.
+            self.score = -math.inf if saved is None else float(saved)
+
+    def offer(self, step: int, score: float, state: Any) -> bool:
+        """Saves ``state`` if ``score`` beats the kept one (ties keep the earlier step); True if it did."""
+        if not math.isfinite(score):
+            return False
+        if self.score is not None and score <= self.score:
+            return False
+        self.checkpointer.save(step, state, {self.metric: float(score)})
+        for old in self.checkpointer.all_steps():
+            if old != step:
+                self.checkpointer.manager.delete(old)
+        self.step, self.score = step, float(score)
+        return True
+
+    def restore(self, template: Any) -> tuple[Any, int, float]:
+        """``(state, step, score)`` of the kept best; raises if nothing was kept."""
+        restored = self.checkpointer.restore(template, self.step)
+        if restored is None or self.score is None:
+            raise FileNotFoundError(f"no best-{self.metric} checkpoint under {self.checkpointer.directory}")
+        state, _, step = restored
+        return state, step, self.score
+
+    def close(self) -> None:
+        self.checkpointer.close()
