@@ -133,11 +133,28 @@ def test_unknown_model_raises_listing_the_known_ones():
 @pytest.mark.parametrize("name,kwargs,match", [
     ("small_plain", {"latent_dim": 8}, "plain"), ("vgg_plain", {"num_anchors": 20}, "plain"),
     ("small_aib", {"num_anchors": 8}, "no quantiser"), ("small_aib_qt", {"num_anchors": 0}, "num_anchors"),
-    ("small_aib", {"num_classes": 0}, "num_classes"), ("small_aib", {"widen": 4}, "invalid option"),
+    ("small_aib", {"num_classes": 0}, "num_classes"),
+    ("small_aib", {"widen": 4}, "invalid option for small_aib: widen; it takes latent_dim, num_anchors"),
 ])
 def test_invalid_create_model_options_raise(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model(name, **kwargs)
+
+
+def test_a_type_error_inside_a_builder_is_not_reported_as_an_invalid_option(monkeypatch):
+    import dataclasses
+
+    from ib_attention_jax.models import registry
+
+    def broken_builder(num_classes, *, latent_dim=8, num_anchors=0, model_name="broken"):
+        raise TypeError("a bug inside the builder")
+
+    spec = dataclasses.replace(registry.get_spec("small_aib"), name="broken", builder=broken_builder)
+    monkeypatch.setitem(registry.MODELS, "broken", spec)
+    with pytest.raises(TypeError, match="a bug inside the builder"):
+        create_model("broken", latent_dim=4)
+    with pytest.raises(ValueError, match="invalid option for broken: depth; it takes latent_dim"):
+        create_model("broken", depth=4)
 
 
 @pytest.mark.parametrize("name,shape", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -99,7 +100,20 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
             raise ValueError(f"{name} quantises attention: num_anchors must be >= 1")
         if not spec.quantized and kwargs["num_anchors"]:
             raise ValueError(f"{name} has no quantiser; use {name}_qt for anchors")
-    try:
-        return spec.builder(classes, model_name=name, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"invalid option for {name}: {err}") from None
+    _check_options(spec, kwargs)
+    return spec.builder(classes, model_name=name, **kwargs)
+
+
+def _check_options(spec: ModelSpec, kwargs: dict[str, Any]) -> None:
+    """An unknown keyword is a ValueError naming it and the builder's options.
+
+    Checked against the builder's signature rather than by catching TypeError, which
+    would also turn a bug inside a builder into "invalid option".
+    """
+    params = inspect.signature(spec.builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    options = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if unknown := sorted(set(kwargs) - set(options)):
+        raise ValueError(f"invalid option for {spec.name}: {', '.join(unknown)}; "
+                         f"it takes {', '.join(o for o in options if o != 'model_name')}")
