@@ -1,19 +1,21 @@
 """Where a CPU train step spends its time: every convolution shape of vgg_aib / wrn_aib, per implementation.
 
     .venv/bin/python -m experiments.benchmarks.conv_shapes --models vgg_aib --batch 8
-    .venv/bin/python -m experiments.benchmarks.conv_shapes --models vgg_aib,wrn_aib --batch 8 --impls slices,xla,torch
+    .venv/bin/python -m experiments.benchmarks.conv_shapes --models wrn_aib --batch 32 --impls auto,xla
     .venv/bin/python -m experiments.benchmarks.conv_shapes --models vgg_aib --batch 8 --whole-model
 
 For each distinct convolution of the models (input size, channels, kernel, stride, how
 many times the model has it) it times the forward and the forward + backward (the
 gradients of input and kernel, by ``jax.vjp``; ``torch.autograd.grad`` for torch) of
-``ib_attention_jax.models.conv.conv2d_slices`` (the CPU default), ``conv2d_xla``
-(``lax.conv_general_dilated``) and, with ``torch`` in ``--impls`` (needs
-``make torch``), ``torch.nn.functional.conv2d``; it prints ms and GFLOP/s (FLOPs
-``2 * b * ho * wo * cout * k * k * cin``, three times that for forward + backward) and
-the totals over the model weighted by the layer counts. ``--whole-model`` also times
-the model's jitted forward (train mode, batch statistics) against forward + backward
-(``jax.grad`` of the official loss), both without the optimiser update.
+each form in ``--impls``: ``auto`` (the CPU default: Winograd or slices per shape, see
+``ib_attention_jax.models.conv.resolve_conv_impl``), ``slices`` (``conv2d_slices``),
+``winograd`` (F(2x2, 3x3) where it applies, slices elsewhere), ``xla``
+(``lax.conv_general_dilated``) and, with ``torch`` (needs ``make torch``),
+``torch.nn.functional.conv2d``; it prints ms and GFLOP/s at the direct convolution's
+FLOPs (``2 * b * ho * wo * cout * k * k * cin``, three times that for forward +
+backward) and the totals over the model weighted by the layer counts. ``--whole-model``
+also times the model's jitted forward (train mode, batch statistics) against forward +
+backward (``jax.grad`` of the official loss), both without the optimiser update.
 
 Timings are medians of ``--repeats`` calls after one warm-up call, with ``--threads``
 torch threads (the process is pinned to that many CPUs when it may use more). They are
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--models", default="vgg_aib", help=f"comma-separated, of {', '.join(MODEL_CONVS)}")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--impls", default="slices,xla,torch", help=f"comma-separated, of {', '.join(IMPLS)}")
+    parser.add_argument("--impls", default="slices,winograd,torch", help=f"comma-separated, of {', '.join(IMPLS)}")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--whole-model", action="store_true", help="also time forward vs forward + backward")
