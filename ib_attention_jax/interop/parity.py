@@ -25,6 +25,7 @@ import numpy as np
 
 from ib_attention_jax.interop.state_dict import from_state_dict
 from ib_attention_jax.interop.synthetic import state_dict_from_manifest
+from ib_attention_jax.models.conv import CONV_IMPLS
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.objectives import aib_loss, kl_consistent_rows, kl_official_rows, official_objective
 
@@ -172,7 +173,7 @@ def check_fixture(json_path: str | pathlib.Path, conv_impl: str = "auto") -> Par
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixtures", nargs="+", help="fixture JSON files (the npz beside each)")
-    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "slices"))
+    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
     args = parser.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "highest")  # GPU/TPU: no TF32/bf16 matmuls
     ok = True
