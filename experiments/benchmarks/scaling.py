@@ -46,7 +46,7 @@ from experiments.configs import quickstart  # noqa: E402
 from ib_attention_jax import cpu_memory  # noqa: E402
 from ib_attention_jax import data as data_lib  # noqa: E402
 from ib_attention_jax.training.loop import build_experiment  # noqa: E402
-from ib_attention_jax.training.parallel import Runner, host_batch_index  # noqa: E402
+from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed  # noqa: E402
 from ib_attention_jax.training.step import make_train_step  # noqa: E402
 
 
@@ -60,8 +60,7 @@ def read_batches(config, host_batch: int, count: int) -> list[dict[str, np.ndarr
     finally:
         it.close()
     index = host_batch_index(host_batch)
-    return [{"image": np.asarray(b["image"]), "label": np.asarray(b["label"]).astype(np.int32), "index": index}
-            for b in batches]
+    return [train_feed(b["image"], b["label"], index) for b in batches]
 
 
 def run_on(num_devices: int, mode: str, exp, host_state, batches, warmup: int, repeats: int) -> dict[str, Any]:

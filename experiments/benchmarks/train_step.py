@@ -147,7 +147,7 @@ class JaxBench(Bench):
         from ib_attention_jax import create_model
         from ib_attention_jax.objectives import official_objective
         from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-        from ib_attention_jax.training.parallel import Runner, host_batch_index
+        from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
         from ib_attention_jax.training.state import TrainState
         from ib_attention_jax.training.step import StepConfig, make_train_step
 
@@ -168,8 +168,7 @@ class JaxBench(Bench):
         self.state = runner.replicate(TrainState.create(self.variables, tx, state_key))
         step = runner.compile_train_step(make_train_step(self.model, tx, StepConfig(objective=official_objective(
             model_name))))
-        self.batch = runner.shard_batch({"image": images, "label": labels.astype(np.int32),
-                                         "index": host_batch_index(batch)})
+        self.batch = runner.shard_batch(train_feed(images, labels, host_batch_index(batch)))
         t = time.perf_counter()
         self.step = step.lower(self.state, self.batch).compile()  # the Runner's jit, compiled once
         self.setup["compile_s"] = time.perf_counter() - t

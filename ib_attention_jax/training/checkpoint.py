@@ -69,6 +69,10 @@ class Checkpointer:
             return restored["state"], dict(restored["input"] or {}), candidate
         return None
 
+    def delete(self, step: int) -> None:
+        """Removes the checkpoint of ``step``."""
+        self.manager.delete(step)
+
     def read_input_state(self, step: int) -> dict:
         """The JSON item saved with ``step`` (the input position, or other small metadata), without the state."""
         restored = self.manager.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore()))

@@ -29,7 +29,7 @@ from ib_attention_jax.objectives import ObjectiveConfig
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.metrics import MetricWriter, Progress
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import Runner, host_batch_index
+from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
 from ib_attention_jax.training.paths import as_path, atomic_write_text, write_via_local_file
 from ib_attention_jax.training.selection import BestCheckpoint
 from ib_attention_jax.training.state import TrainState
@@ -210,8 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     with _StopFlag() as stop:
         while step < total_steps:
             batch = next(train_iter)
-            feed = {"image": batch["image"], "label": batch["label"].astype(np.int32), "index": index}
-            pstate, metrics = train_step(pstate, runner.shard_batch(feed))
+            pstate, metrics = train_step(pstate, runner.shard_batch(train_feed(batch["image"], batch["label"], index)))
             step += 1
             if pending is not None:  # step t-1's metrics, fetched after step t is dispatched
                 prev_step, prev = pending

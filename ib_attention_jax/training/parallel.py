@@ -112,6 +112,12 @@ class Runner:
                                      check_vma=False))
 
 
+def train_feed(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
+    """What the train step takes from one host batch: images, int32 labels and the rows' global positions
+    (``host_batch_index``, from which each example's noise key is folded)."""
+    return {"image": np.asarray(images), "label": np.asarray(labels).astype(np.int32), "index": index}
+
+
 def host_batch_index(batch_size: int, process_index: int | None = None) -> np.ndarray:
     """Global example positions (within the global batch) of this host's ``batch_size`` rows."""
     p = jax.process_index() if process_index is None else process_index

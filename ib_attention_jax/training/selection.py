@@ -39,7 +39,7 @@ class BestCheckpoint:
         self.checkpointer.save(step, state, {self.metric: float(score)})
         for old in self.checkpointer.all_steps():
             if old != step:
-                self.checkpointer.manager.delete(old)
+                self.checkpointer.delete(old)
         self.step, self.score = step, float(score)
         return True
 
