@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from experiments.configs import quickstart
 from ib_attention_jax import data
+from ib_attention_jax.configs.quickstart import quickstart
 from ib_attention_jax.training import run_modes
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV, NonFiniteLossError, build_experiment
@@ -30,7 +30,7 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def small_config(data_dir: str, **overrides):
-    c = quickstart.get_config()
+    c = quickstart()
     c.update(dict(data_dir=data_dir, batch_size=16, eval_batch_size=32, train_split="train[:512]",
                   eval_split="test[:64]", eval_num_samples=2, progress=False, num_steps=4, log_every_steps=1,
                   export_examples=8))

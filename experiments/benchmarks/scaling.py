@@ -42,9 +42,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.benchmarks.input_pipeline import images_per_second  # noqa: E402
-from experiments.configs import quickstart  # noqa: E402
 from ib_attention_jax import cpu_memory  # noqa: E402
 from ib_attention_jax import data as data_lib  # noqa: E402
+from ib_attention_jax.configs.quickstart import quickstart  # noqa: E402
 from ib_attention_jax.training.loop import build_experiment  # noqa: E402
 from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed  # noqa: E402
 from ib_attention_jax.training.step import make_train_step  # noqa: E402
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    config = quickstart.get_config()
+    config = quickstart()
     config.data_dir = args.data_dir
     data_lib.build_cluttered_digits(args.data_dir)
     exp = build_experiment(config)

@@ -7,7 +7,7 @@ Should reach (Monte-Carlo test accuracy): not recovered from the paper (the offi
 weights; from scratch expect far less).
 """
 
-from experiments.configs.official import cub
+from ib_attention_jax.configs.official import cub
 
 
 def get_config():

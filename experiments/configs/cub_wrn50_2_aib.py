@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): see cub_vgg16_aib.
 """
 
-from experiments.configs.official import cub
+from ib_attention_jax.configs.official import cub
 
 
 def get_config():

@@ -7,7 +7,7 @@ Should reach (Monte-Carlo test accuracy): not recovered from the paper; at least
 same recipe.
 """
 
-from experiments.configs.official import cifar_vgg
+from ib_attention_jax.configs.official import cifar_vgg
 
 
 def get_config():

@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): not recovered from the paper; about vgg_aib_cifar100's.
 """
 
-from experiments.configs.official import cifar_vgg
+from ib_attention_jax.configs.official import cifar_vgg
 
 
 def get_config():

@@ -7,7 +7,7 @@ Should reach (Monte-Carlo test accuracy): not recovered (the LTPA reimplementati
 it as the baseline.
 """
 
-from experiments.configs.official import cifar_vgg
+from ib_attention_jax.configs.official import cifar_vgg
 
 
 def get_config():

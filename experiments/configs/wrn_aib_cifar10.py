@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): at least the WRN-28-10 baseline: 96.2% (3.79% error, same recipe).
 """
 
-from experiments.configs.official import cifar_wrn
+from ib_attention_jax.configs.official import cifar_wrn
 
 
 def get_config():

@@ -7,7 +7,7 @@ Should reach (Monte-Carlo test accuracy): at least the WRN-28-10 baseline: 81.9%
 bearpaw/pytorch-classification; ABN reports 18.1%).
 """
 
-from experiments.configs.official import cifar_wrn
+from ib_attention_jax.configs.official import cifar_wrn
 
 
 def get_config():

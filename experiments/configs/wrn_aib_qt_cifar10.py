@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): about wrn_aib_cifar10's (at least 96.2%).
 """
 
-from experiments.configs.official import cifar_wrn
+from ib_attention_jax.configs.official import cifar_wrn
 
 
 def get_config():

@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): about wrn_aib_cifar100's (at least 81.9%).
 """
 
-from experiments.configs.official import cifar_wrn
+from ib_attention_jax.configs.official import cifar_wrn
 
 
 def get_config():

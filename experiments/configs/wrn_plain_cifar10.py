@@ -6,7 +6,7 @@
 Should reach (Monte-Carlo test accuracy): 96.2% (3.79% error, bearpaw/pytorch-classification).
 """
 
-from experiments.configs.official import cifar_wrn
+from ib_attention_jax.configs.official import cifar_wrn
 
 
 def get_config():

@@ -7,7 +7,7 @@ a correct AIB run should reach or pass.
 
 import ml_collections
 
-from experiments.configs.base import get_base_config
+from ib_attention_jax.configs.base import get_base_config
 
 # The official anchor counts per (backbone, dataset).
 ANCHORS = {("vgg", "cifar10"): 20, ("vgg", "cifar100"): 50, ("wrn", "cifar10"): 50, ("wrn", "cifar100"): 20,
