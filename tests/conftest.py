@@ -1,13 +1,14 @@
-"""Test-session settings: fast XLA compilation on CPU.
+"""Test-session settings: fast XLA compilation on CPU (see helpers/xla_flags.py).
 
-Every test compiles its steps once and runs them a few times, so compile time
-dominates; XLA's backend optimisation level 0 without the fusion emitters compiles
-several times faster. Set before jax is imported; subprocesses inherit it.
-Benchmarks and real runs keep XLA's defaults.
+Set before jax is imported; subprocesses inherit it. Benchmarks and real runs keep
+XLA's defaults.
 """
 
-import os
+import pathlib
+import sys
 
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "helpers"))
+
+from xla_flags import add_fast_compile_flags  # noqa: E402
+
+add_fast_compile_flags()
