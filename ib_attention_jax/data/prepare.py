@@ -20,7 +20,9 @@ import tensorflow_datasets as tfds
 
 from ib_attention_jax.data import cluttered_digits
 from ib_attention_jax.data.recipes import TF_EXTRA, get_recipe
-from ib_attention_jax.data.sources import preparation_problem
+from ib_attention_jax.data.sources import preparation_problem, resolve_data_dir
+
+EMBEDDED = (cluttered_digits.NAME,)  # datasets this library generates itself, offline
 
 
 def missing_requirements(tfds_name: str) -> list[str]:
@@ -46,6 +48,7 @@ def prepare(
     names, e.g. CUB_200_2011.tgz); default DATA_DIR/downloads/manual.
     """
     recipe = get_recipe(dataset)
+    data_dir = resolve_data_dir(data_dir)
     if recipe.tfds_name == cluttered_digits.NAME:
         return cluttered_digits.build(data_dir)
     if missing := missing_requirements(recipe.tfds_name):
@@ -56,6 +59,20 @@ def prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
         )
     return builder
+
+
+def ensure_embedded(dataset: str, data_dir: str | None = None) -> bool:
+    """Builds an embedded dataset in `data_dir` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets) on first use.
+
+    Returns True if it was built now. Official datasets are left alone: they must be prepared by the user,
+    and reading one that is not raises `DatasetNotPreparedError` with the command.
+    """
+    recipe = get_recipe(dataset)
+    if recipe.tfds_name not in EMBEDDED or not preparation_problem(recipe, data_dir):
+        return False
+    print(f"building {recipe.tfds_name} in {resolve_data_dir(data_dir)} (offline, once) ...", flush=True)
+    prepare(recipe.name, data_dir)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

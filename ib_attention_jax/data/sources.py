@@ -9,6 +9,7 @@ there is no retry loop.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,16 +34,23 @@ def register_builders(tfds_name: str) -> None:
 
 
 def default_data_dir() -> str:
-    """The folder tfds uses when `data_dir` is None ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    from tensorflow_datasets.core.utils import file_utils
+    """The folder used when `data_dir` is None: $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's rule).
 
-    return str(file_utils.get_default_data_dir())
+    Read from the environment at each call (tfds itself fixes it when it is imported).
+    """
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+    """`data_dir`, or the default data folder when it is None or empty."""
+    return data_dir or default_data_dir()
 
 
 def preparation_problem(recipe: Recipe, data_dir: str | None) -> str | None:
     """Why `recipe`'s dataset cannot be read from `data_dir` (a message with the fix), or None if it can."""
     register_builders(recipe.tfds_name)
     where = data_dir or f"{default_data_dir()} (the default; pass data_dir to read another folder)"
+    data_dir = resolve_data_dir(data_dir)
     try:
         builder = tfds.builder(recipe.tfds_name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -81,6 +89,7 @@ def open_source(dataset: str | Recipe, split: str, data_dir: str | None = None) 
     """
     recipe = get_recipe(dataset)
     register_builders(recipe.tfds_name)
+    data_dir = resolve_data_dir(data_dir)
     decoders = {key: tfds.decode.SkipDecoding() for key in recipe.skip_decoding} or None
     try:
         return tfds.data_source(
