@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from ib_attention_jax.models.aib import ModelOutput
+from ib_attention_jax.models.layers import at_least_float32
 
 Array = jax.Array
 LN2 = math.log(2.0)
@@ -81,7 +82,7 @@ def kl_rows(mean: Array, std: Array, form: str = "official") -> Array:
 
 def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     """Mean softmax cross-entropy (nats) over the batch, or over ``mask`` where given."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels)
     if mask is None:
         return jnp.mean(ce)
     mask = mask.astype(jnp.float32)
@@ -95,7 +96,7 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
     Parts: ``ce`` and ``kl`` (nats, as computed), ``class_loss`` and ``info_loss`` (in
     the configured units, info_loss including the factor c), ``vq_loss``,
     ``commit_loss``, ``qt_loss`` (weighted quantiser terms) and ``total``. The KL,
-    quantiser losses and totals are float32 whatever the compute dtype.
+    quantiser losses and totals are at least float32 whatever the compute dtype.
     Plain classifiers (no latent) get only the cross-entropy. ``beta`` overrides
     ``config.beta`` (a traced value for a warm-up schedule).
     """
@@ -105,8 +106,8 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
     parts: dict[str, Array] = {"ce": ce, "class_loss": ce * scale}
     total = parts["class_loss"]
     if output.latent is not None:
-        mean = output.latent.mean.astype(jnp.float32)
-        std = output.latent.std.astype(jnp.float32)
+        mean = at_least_float32(output.latent.mean)
+        std = at_least_float32(output.latent.std)
         kl = jnp.mean(kl_rows(mean, std, config.kl_form))
         parts["kl"] = kl
         parts["info_loss"] = config.info_factor * kl * scale

@@ -2,9 +2,10 @@
 
 A state_dict here is a mapping from official key names to numpy arrays (PyTorch
 layouts: conv OIHW, linear (out, in)). Import strips DataParallel's ``module.``
-prefix, accepts alias keys (the same module registered twice) and ignores
-``num_batches_tracked`` and dead modules; export writes every key the official
-``load_state_dict(strict=True)`` expects, aliases and counters included.
+prefix, accepts alias keys (the same module registered twice), reads each
+BatchNorm's ``num_batches_tracked`` counter (0 where a state_dict has none, as
+PyTorch's loader does) and ignores dead modules; export writes every key the official
+``load_state_dict(strict=True)`` expects, aliases and counters (int64) included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ib_attention_jax.interop.naming import FAMILIES, Family, torch_module_name
 from ib_attention_jax.models.registry import ModelSpec, get_spec
 
 COLLECTIONS = ("params", "batch_stats")
+COUNTER = "num_batches_tracked"  # the BatchNorm step counter: batch_stats leaf and torch key suffix
 
 
 class StateDictError(ValueError):
@@ -45,7 +47,7 @@ def variable_shapes(model: nn.Module) -> dict[str, Any]:
 
 def _leaf_key(module_name: str, collection: str, leaf: str, ndim: int) -> str:
     if collection == "batch_stats":
-        return f"{module_name}.running_{leaf}"
+        return f"{module_name}.{COUNTER}" if leaf == COUNTER else f"{module_name}.running_{leaf}"
     if leaf == "anchors":
         return f"{module_name}.weight"
     return f"{module_name}.{'weight' if leaf in ('kernel', 'scale') else leaf}"
@@ -53,6 +55,8 @@ def _leaf_key(module_name: str, collection: str, leaf: str, ndim: int) -> str:
 
 def _to_torch(value: np.ndarray, leaf: str, module_name: str, family: Family) -> np.ndarray:
     """Flax layout -> PyTorch layout for one leaf."""
+    if leaf == COUNTER:
+        return np.asarray(value, np.int64)  # PyTorch's dtype for the counter
     if leaf == "anchors":
         return value.reshape(1, -1)
     if leaf != "kernel":
@@ -136,6 +140,9 @@ def from_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str
     flat: dict[tuple[str, ...], jax.Array] = {}
     missing, misshaped, used = [], [], set()
     for path, module_name, key, leaf, sds in _entries(model):
+        if key not in sd and leaf == COUNTER:  # a state_dict from before the counter existed
+            flat[path] = jnp.zeros(sds.shape, sds.dtype)
+            continue
         if key not in sd:
             missing.append(key)
             continue
@@ -165,18 +172,22 @@ def to_state_dict(model: nn.Module, variables: Mapping[str, Any], *, include_ali
     """The official state_dict of Flax ``variables`` (numpy arrays, PyTorch layouts).
 
     With the defaults it holds every key of the official module: alias keys repeat
-    their canonical tensor and each BatchNorm gets ``num_batches_tracked = 0``.
+    their canonical tensor and each BatchNorm's ``num_batches_tracked`` is its counter
+    (int64; 0 for variables that have none).
+    ``include_counters=False`` leaves the counters out.
     The CUB WRN-50-2's dead ``tmp_layer`` is not written; load it with ``strict=False``.
     """
     family = FAMILIES[_spec_of(model).family]
     flat = traverse_util.flatten_dict({c: variables[c] for c in COLLECTIONS if c in variables})
     out: dict[str, np.ndarray] = {}
     for path, module_name, key, leaf, _ in _entries(model):
+        if leaf == COUNTER:
+            if include_counters:
+                out[key] = _to_torch(np.asarray(flat.get(path, 0)), leaf, module_name, family)
+            continue
         if path not in flat:
             raise StateDictError(f"variables have no {'/'.join(path)} (torch key {key})")
         out[key] = _to_torch(np.asarray(flat[path]), leaf, module_name, family)
-        if include_counters and leaf == "mean" and path[0] == "batch_stats":
-            out[f"{module_name}.num_batches_tracked"] = np.zeros((), np.int64)
     if include_aliases and not _spec_of(model).plain:  # the plain baselines register nothing twice
         for alias, canonical in family.aliases.items():
             for key in [k for k in out if k.startswith(canonical)]:

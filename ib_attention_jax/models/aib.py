@@ -13,10 +13,10 @@ from typing import Any
 import chex
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from ib_attention_jax.models.attention import AttentionOutput, VariationalAttention, modulate
 from ib_attention_jax.models.bottleneck import GaussianLatent, LatentOutput
+from ib_attention_jax.models.layers import at_least_float32
 from ib_attention_jax.models.quantization import AnchorQuantizer, QuantizerOutput
 
 Array = jax.Array
@@ -85,7 +85,7 @@ class AIBClassifier(nn.Module):
         latent = GaussianLatent(k, name="latent")(stats, num_samples=n, deterministic=deterministic,
                                                   example_ids=example_ids)
         z = latent.samples.reshape(n, n, b, k)  # (n_z, n_a, b, K), the official view
-        sample_logits = self.decoder(z, train=train).astype(jnp.float32)
+        sample_logits = at_least_float32(self.decoder(z, train=train))
         logits = sample_logits.mean(0).mean(0)
         return ModelOutput(logits=logits, features=features, attention=att, attention_used=used,
                            quantizer=quant, stats=stats, latent=latent, sample_logits=sample_logits)
@@ -110,7 +110,7 @@ class PlainClassifier(nn.Module):
         del num_samples, deterministic, example_ids
         check_images(x, self.image_size, self.model_name)
         features = self.front(x, train=train)
-        logits = self.encoder(features, train=train).astype(jnp.float32)
+        logits = at_least_float32(self.encoder(features, train=train))
         return ModelOutput(logits=logits, features=features)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ib_attention_jax.models.conv import Conv
-from ib_attention_jax.models.layers import xavier_uniform_relu
+from ib_attention_jax.models.layers import at_least_float32, xavier_uniform_relu
 
 Array = jax.Array
 
@@ -69,7 +69,7 @@ class VariationalAttention(nn.Module):
         logit = self.mean_head(features, train=train)
         b, h, w = features.shape[:3]
         chex.assert_shape(logit, (b, h, w, 1))
-        mean = jax.nn.sigmoid(logit.astype(jnp.float32))
+        mean = jax.nn.sigmoid(at_least_float32(logit))
         std_pre = Conv(1, 3, kernel_init=self.std_kernel_init, bias_init=self.std_bias_init,
                        impl=self.conv_impl, name="std_conv")(mean)
         std = offset_softplus(std_pre)

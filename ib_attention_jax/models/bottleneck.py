@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ib_attention_jax.models.attention import offset_softplus, standard_normal
+from ib_attention_jax.models.layers import at_least_float32
 
 Array = jax.Array
 
@@ -36,7 +37,7 @@ class GaussianLatent(nn.Module):
                  example_ids: Array | None = None) -> LatentOutput:
         k = self.latent_dim
         chex.assert_shape(stats, (None, 2 * k))
-        stats = stats.astype(jnp.float32)
+        stats = at_least_float32(stats)
         mean, std = stats[:, :k], offset_softplus(stats[:, k:])
         shape = (num_samples,) + mean.shape
         if deterministic:

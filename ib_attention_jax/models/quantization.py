@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ib_attention_jax.models.layers import at_least_float32
+
 Array = jax.Array
 
 ANCHOR_INITS = ("linspace", "uniform")
@@ -70,4 +72,4 @@ class AnchorQuantizer(nn.Module):
         self.anchors = self.param("anchors", init_fn, (self.num_anchors,), jnp.float32)
 
     def __call__(self, values: Array) -> QuantizerOutput:
-        return quantize(values.astype(jnp.float32), self.anchors)
+        return quantize(at_least_float32(values), self.anchors)

@@ -1,11 +1,12 @@
 """The per-device train and eval steps, written pmap-style over the ``data`` axis.
 
-The same functions run under ``jax.shard_map`` (default) and ``jax.pmap``; gradients,
-loss parts and BatchNorm statistics are averaged with ``lax.pmean`` over ``data``, and
-BatchNorm normalises with global batch statistics, so any number of devices computes
-what one device computes on the global batch. The attention and latent noise of an
-example is a function of (step key, global example index), which makes this hold for
-the stochastic forward too (dropout masks do depend on the device).
+The same functions run under ``jax.shard_map`` (default) and ``jax.pmap``; gradients
+and loss parts are averaged with ``lax.pmean`` over ``data``, and BatchNorm (built with
+``bn_axis_name="data"``) normalises with and keeps running statistics of the global
+batch, so any number of devices computes what one device computes on the global batch.
+The attention and latent noise of an example is a function of (step key, global example
+index), which makes this hold for the stochastic forward too (dropout masks do depend on
+the device).
 """
 
 from __future__ import annotations
@@ -72,12 +73,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
 
         grads, (out, parts, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = lax.pmean(grads, AXIS)
-        batch_stats = lax.pmean(batch_stats, AXIS)
+        batch_stats = _replicated_batch_stats(batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema is not None:
-            ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, config.ema_decay)
+            ema = _update_ema(ema, {"params": params, "batch_stats": batch_stats}, config.ema_decay)
         metrics = dict(parts)
         metrics["accuracy"] = jnp.mean(jnp.argmax(out.logits, -1) == batch["label"])
         metrics["beta"] = jnp.asarray(beta, jnp.float32)
@@ -94,6 +95,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
         return new_state, metrics
 
     return train_step
+
+
+def _replicated_batch_stats(batch_stats):
+    """The running statistics every device keeps: already global where BatchNorm has the ``data``
+    axis (then the float ``pmean`` changes nothing), the mean over devices for a model built
+    without it. The integer step counters are equal on every device and stay integers."""
+    return jax.tree_util.tree_map(lambda x: lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                  batch_stats)
+
+
+def _update_ema(ema, new, decay: float):
+    """The weight EMA of params and BatchNorm statistics. An integer leaf (a BatchNorm's
+    ``num_batches_tracked``) is not averaged into a float: the EMA copy holds the model's count."""
+    averaged = ema_update(ema, new, decay)
+    return jax.tree_util.tree_map(lambda a, n: a if jnp.issubdtype(n.dtype, jnp.floating) else n, averaged, new)
 
 
 def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, use_ema: bool = False
