@@ -35,7 +35,11 @@ class Recipe:
     """How one dataset is read and preprocessed.
 
     box_key names the example's box feature, if any; box_format says whether it is normalised to [0, 1]
-    (tfds `BBoxFeature`) or in pixels with exclusive ends (`cluttered_digits`).
+    (tfds `BBoxFeature`) or in pixels with exclusive ends (`cluttered_digits`). drop_last says how the
+    official loader counts an epoch: False keeps the last partial batch (ceil(examples / batch) steps,
+    the official CIFAR/SVHN loaders), True drops it (floor; CUB). It sets the length of an epoch for
+    the schedules (`steps_per_epoch`); the training stream itself always yields full batches and
+    runs on across epoch boundaries.
     """
 
     name: str
@@ -53,7 +57,22 @@ class Recipe:
     box_key: str | None = None
     box_format: Literal["normalized", "pixels"] = "normalized"
     skip_decoding: tuple[str, ...] = ()  # features never decoded (saves time; see pipeline.open_source)
+    drop_last: bool = False  # an epoch as the official loader counts it: keep (False) or drop the last partial batch
     prepare_hint: str = ""
+
+    def steps_per_epoch(self, num_examples: int, batch_size: int) -> int:
+        """Optimiser steps in one epoch as the official loader counts them: ``ceil(examples / batch)``
+        when it keeps the last partial batch, ``floor`` when it drops it (``drop_last``); at least 1.
+
+        Training takes full batches from a stream that runs on across epochs, so with
+        ``drop_last=False`` one epoch of ``ceil`` full batches holds a little more than one pass
+        (CIFAR at 128: 391 x 128 = 50,048 images where the official 391st batch has 80), and
+        the epoch boundary in the data stream moves on by that excess (48 images) every epoch.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        steps = num_examples // batch_size if self.drop_last else -(-num_examples // batch_size)
+        return max(steps, 1)
 
     @property
     def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -98,12 +117,12 @@ RECIPES: dict[str, Recipe] = {
                normalization="cifar10", pad=12, prepare_hint=_official_hint("stl10")),
         Recipe(name="cub", tfds_name="caltech_birds2011", num_classes=200, image_size=224,
                augmentation="box_crop_resize", normalization="imagenet", box_key="bbox",
-               skip_decoding=("segmentation_mask",),
+               skip_decoding=("segmentation_mask",), drop_last=True,
                prepare_hint=_official_hint("caltech_birds2011", _CUB_MANUAL)),
         # Digits must not be mirrored; the quickstart trains on the generated images as they are.
         Recipe(name="cluttered_digits", tfds_name="cluttered_digits", num_classes=10, image_size=32,
                augmentation="none", normalization="half", flip=False, box_key="box", box_format="pixels",
-               prepare_hint=_CLUTTERED_HINT),
+               drop_last=True, prepare_hint=_CLUTTERED_HINT),
     ]
 }  # fmt: skip
 ALIASES = {"svhn_cropped": "svhn", "caltech_birds2011": "cub", "cub200": "cub"}

@@ -123,7 +123,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     if tuple(info.image_shape[:2]) != (image_size, image_size):
         raise ValueError(f"{config.model} takes {image_size}x{image_size} images but {config.dataset} yields "
                          f"{info.image_shape[0]}x{info.image_shape[1]}; pick a model for this dataset")
-    steps_per_epoch = max(info.num_train_examples // config.batch_size, 1)
+    steps_per_epoch = data_lib.get_recipe(config.dataset).steps_per_epoch(info.num_train_examples, config.batch_size)
     total_steps = int(config.get("num_steps") or round(config.num_epochs * steps_per_epoch))
     model = build_model(config, num_classes)
     tx, schedule = make_optimizer(_optimizer_config(config), steps_per_epoch, total_steps)
