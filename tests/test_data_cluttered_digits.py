@@ -161,8 +161,8 @@ def test_generate_draws_fragments_from_other_classes_of_the_same_pool(monkeypatc
     monkeypatch.setattr(
         clutter,
         "make_example",
-        lambda rng, d, index, fragments: (
-            calls.append((index, fragments)) or make_example(rng, d, index, fragments)
+        lambda rng, d, index, fragments, **kwargs: (
+            calls.append((index, fragments)) or make_example(rng, d, index, fragments, **kwargs)
         ),
     )
     for i in range(200):
@@ -174,3 +174,56 @@ def test_generate_draws_fragments_from_other_classes_of_the_same_pool(monkeypatc
     for index, fragments in calls:
         assert len(fragments) == clutter.NUM_FRAGMENTS[1] and set(fragments.tolist()) <= set(pool.tolist())
         assert (digits.labels[fragments] != digits.labels[index]).all()
+
+
+@pytest.fixture(scope="session")
+def built_shifted(built) -> Path:
+    """`cluttered_digits_shifted` built next to `cluttered_digits` (the probe builds it the same way)."""
+    cluttered_digits.build_shifted(str(built[0]))
+    return built[0]
+
+
+def test_shifted_variant_has_its_own_folder_splits_and_unseen_digits(built_shifted):
+    data_dir = built_shifted
+    assert (data_dir / "cluttered_digits" / "1.0.0").is_dir()  # the original keeps its folder
+    builder = tfds.builder("cluttered_digits_shifted", data_dir=str(data_dir))
+    assert builder.is_prepared() and builder.info.file_format.value == "array_record"
+    assert {n: s.num_examples for n, s in builder.info.splits.items()} == {"train": 5000, "test": 2000}
+    indices = {}
+    for split in ("train", "test"):
+        source = tfds.data_source("cluttered_digits_shifted", split=split, data_dir=str(data_dir), download=False,
+                                  decoders={"image": tfds.decode.SkipDecoding()})
+        indices[split] = {int(ex["source_index"]) for ex in source.__getitems__(list(range(len(source))))}
+    pools = clutter.split_source_indices(clutter.load_source_digits().labels)
+    assert not indices["train"] & indices["test"]  # disjoint halves
+    assert not (indices["train"] | indices["test"]) & set(pools["train"].tolist())  # never seen in training
+    assert len(indices["train"]) > 150 and len(indices["test"]) > 150
+
+
+def test_shifted_examples_follow_the_shifted_style(built_shifted):
+    digits = clutter.load_source_digits()
+    pool = cluttered_digits.shifted_source_pools(digits.labels)["test"]
+    source = tfds.data_source("cluttered_digits_shifted", split="test", data_dir=str(built_shifted), download=False)
+    for i in (0, 17, 1999):
+        example, label, index = clutter.generate(
+            np.random.default_rng([cluttered_digits.SHIFTED_SEED, 1, i]), digits, pool, clutter.SHIFTED_STYLE)
+        np.testing.assert_array_equal(source[i]["image"], example.image)
+        assert (source[i]["label"], source[i]["source_index"]) == (label, index)
+    boxes = np.stack([source[i]["box"] for i in range(0, 2000, 10)])
+    side = boxes[:, 2] - boxes[:, 0]
+    assert side.min() == 9 and side.max() == 11  # another digit scale
+    original = tfds.data_source("cluttered_digits", split="test", data_dir=str(built_shifted), download=False)
+    dark = [np.percentile(src[i]["image"].mean(-1), 10) for src in (original, source) for i in range(0, 400, 4)]
+    assert np.median(dark[100:]) > np.median(dark[:100]) + 20  # brighter backgrounds
+
+
+def test_clutter_style_checks_its_ranges():
+    with pytest.raises(ValueError, match="digit_sizes"):
+        clutter.ClutterStyle(digit_sizes=(20, 24))
+    with pytest.raises(ValueError, match="num_fragments"):
+        clutter.ClutterStyle(num_fragments=(5, 3))
+    digits = clutter.load_source_digits()
+    pool = clutter.split_source_indices(digits.labels)["train"]
+    default, _, _ = clutter.generate(np.random.default_rng([3, 1]), digits, pool)
+    explicit, _, _ = clutter.generate(np.random.default_rng([3, 1]), digits, pool, clutter.DEFAULT_STYLE)
+    np.testing.assert_array_equal(default.image, explicit.image)

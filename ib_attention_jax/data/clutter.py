@@ -6,7 +6,9 @@ to find the whole digit among them (a task for spatial attention), and the digit
 ground truth for whether an attention map finds the object).
 
 Everything here is a deterministic function of a `np.random.Generator`; the TFDS builder in
-`cluttered_digits.py` only decides which generator and which source digits each example gets.
+`cluttered_digits.py` only decides which generator and which source digits each example gets. A
+`ClutterStyle` holds the knobs (digit scale, number of fragments, colours, noise): `DEFAULT_STYLE` makes
+`cluttered_digits`, `SHIFTED_STYLE` its domain-shifted variant `cluttered_digits_shifted`.
 
 Boxes are int32 `[ymin, xmin, ymax, xmax]` in canvas pixels with exclusive ends (numpy slice convention):
 the digit occupies `canvas[ymin:ymax, xmin:xmax]`.
@@ -32,6 +34,36 @@ INK_THRESHOLD = 0.25  # a scaled-digit pixel above this intensity (of 1) is ink 
 NOISE_STD = 0.06  # Gaussian pixel noise, in units of the 0..1 intensity
 BACKGROUND_RANGE = (0.0, 0.35)  # per-channel background colour
 FOREGROUND_RANGE = (0.6, 1.0)  # per-channel ink colour (the tint)
+SCALED_SIZES = range(8, 17)  # digit sides precomputed in SourceDigits.scaled (every style's range lies inside)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClutterStyle:
+    """How an example looks: the digit's scale, how many distractors, the colours and the noise.
+
+    Ranges are inclusive (low, high). Fragments are always 4-6 px crops scaled x2 (8-12 px on the canvas).
+    """
+
+    digit_sizes: tuple[int, int] = DIGIT_SIZES
+    num_fragments: tuple[int, int] = NUM_FRAGMENTS
+    noise_std: float = NOISE_STD
+    background_range: tuple[float, float] = BACKGROUND_RANGE
+    foreground_range: tuple[float, float] = FOREGROUND_RANGE
+
+    def __post_init__(self) -> None:
+        low, high = self.digit_sizes
+        if not (SCALED_SIZES.start <= low <= high < SCALED_SIZES.stop):
+            raise ValueError(f"digit_sizes {self.digit_sizes} must lie within [{SCALED_SIZES.start}, "
+                             f"{SCALED_SIZES.stop - 1}] (12 px fragments must fit beside the digit)")
+        if not 0 <= self.num_fragments[0] <= self.num_fragments[1]:
+            raise ValueError(f"num_fragments {self.num_fragments} must be a range 0 <= low <= high")
+
+
+DEFAULT_STYLE = ClutterStyle()  # cluttered_digits
+# cluttered_digits_shifted: smaller digits among as many distractors of the same size, brighter backgrounds
+# with less contrast to the ink, stronger noise. Same digits' classes, a different image distribution.
+SHIFTED_STYLE = ClutterStyle(digit_sizes=(9, 11), num_fragments=(7, 9), noise_std=0.09,
+                             background_range=(0.25, 0.45), foreground_range=(0.65, 0.95))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +79,7 @@ class ClutteredExample:
 class SourceDigits:
     """The source digits and their resized copies, computed once so that generating an example is cheap.
 
-    images: (N, 8, 8) float32 in [0, 1]; labels: (N,) int64; scaled[s]: (N, s, s) for each digit size s;
+    images: (N, 8, 8) float32 in [0, 1]; labels: (N,) int64; scaled[s]: (N, s, s) for each s in SCALED_SIZES;
     doubled: (N, 16, 16), the x2 copies fragments are cut from; ink: (N, 8, 8) bool, source pixels above 0.5.
     """
 
@@ -77,7 +109,7 @@ def load_source_digits() -> SourceDigits:
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)  # (N, 8, 8)
-    scaled = {s: resize_stack(images, s) for s in range(DIGIT_SIZES[0], DIGIT_SIZES[1] + 1)}
+    scaled = {s: resize_stack(images, s) for s in SCALED_SIZES}
     doubled = resize_stack(images, 8 * FRAGMENT_SCALE)
     return SourceDigits(images, digits.target.astype(np.int64), scaled, doubled, images > 0.5)
 
@@ -167,27 +199,31 @@ def place_fragment(
             return y, x
 
 
-def colourise(rng: np.random.Generator, intensity: np.ndarray) -> np.ndarray:
+def colourise(rng: np.random.Generator, intensity: np.ndarray, style: ClutterStyle = DEFAULT_STYLE) -> np.ndarray:
     """Random background and ink colours, Gaussian noise: (h, w) float in [0, 1] -> (h, w, 3) uint8."""
-    background = rng.uniform(*BACKGROUND_RANGE, size=3).astype(np.float32)
-    foreground = rng.uniform(*FOREGROUND_RANGE, size=3).astype(np.float32)
+    background = rng.uniform(*style.background_range, size=3).astype(np.float32)
+    foreground = rng.uniform(*style.foreground_range, size=3).astype(np.float32)
     rgb = intensity[..., None] * (255.0 * (foreground - background))  # (h, w, 3) float32
     rgb += 255.0 * background
-    rgb += rng.standard_normal(size=rgb.shape, dtype=np.float32) * np.float32(255.0 * NOISE_STD)
+    rgb += rng.standard_normal(size=rgb.shape, dtype=np.float32) * np.float32(255.0 * style.noise_std)
     np.clip(rgb, 0.0, 255.0, out=rgb)
     return np.rint(rgb, out=rgb).astype(np.uint8)
 
 
 def make_example(
-    rng: np.random.Generator, digits: SourceDigits, index: int, fragment_indices: np.ndarray
+    rng: np.random.Generator,
+    digits: SourceDigits,
+    index: int,
+    fragment_indices: np.ndarray,
+    style: ClutterStyle = DEFAULT_STYLE,
 ) -> ClutteredExample:
-    """Composes one example from source digit `index` and fragments of digits `fragment_indices` (>= 6).
+    """Composes one example from source digit `index` and fragments of digits `fragment_indices`.
 
-    The number of fragments used (4-6) is drawn from `rng`; fragments are composited by maximum so they never
-    hide the digit's strokes.
+    `fragment_indices` holds at least `style.num_fragments[1]` sources; the number used is drawn from `rng`.
+    Fragments are composited by maximum so they never hide the digit's strokes.
     """
     stream = UniformStream(rng)
-    size = stream.integer(DIGIT_SIZES[0], DIGIT_SIZES[1] + 1)
+    size = stream.integer(style.digit_sizes[0], style.digit_sizes[1] + 1)
     y0, x0 = stream.integer(0, CANVAS_SIZE - size + 1), stream.integer(0, CANVAS_SIZE - size + 1)
     scaled = digits.scaled[size][index]  # (size, size)
     canvas = np.zeros((CANVAS_SIZE, CANVAS_SIZE), np.float32)
@@ -195,18 +231,18 @@ def make_example(
     box = np.array([y0, x0, y0 + size, x0 + size], np.int32)
     tight = ink_box(scaled > INK_THRESHOLD, (y0, x0))
 
-    num_fragments = stream.integer(NUM_FRAGMENTS[0], NUM_FRAGMENTS[1] + 1)
+    num_fragments = stream.integer(style.num_fragments[0], style.num_fragments[1] + 1)
     for source in fragment_indices[:num_fragments]:
         fragment = sample_fragment(stream, digits, int(source))
         h, w = fragment.shape
         fy, fx = place_fragment(stream, h, w, (y0, x0, y0 + size, x0 + size))
         np.maximum(canvas[fy : fy + h, fx : fx + w], fragment, out=canvas[fy : fy + h, fx : fx + w])
 
-    return ClutteredExample(colourise(rng, np.clip(canvas, 0.0, 1.0)), box, tight)
+    return ClutteredExample(colourise(rng, np.clip(canvas, 0.0, 1.0), style), box, tight)
 
 
 def generate(
-    rng: np.random.Generator, digits: SourceDigits, pool: np.ndarray
+    rng: np.random.Generator, digits: SourceDigits, pool: np.ndarray, style: ClutterStyle = DEFAULT_STYLE
 ) -> tuple[ClutteredExample, int, int]:
     """Draws a source digit from `pool` and fragment sources of other classes from the same pool.
 
@@ -215,5 +251,5 @@ def generate(
     index = int(pool[rng.integers(len(pool))])
     label = int(digits.labels[index])
     others = pool[digits.labels[pool] != label]
-    fragment_indices = others[rng.integers(len(others), size=NUM_FRAGMENTS[1])]
-    return make_example(rng, digits, index, fragment_indices), label, index
+    fragment_indices = others[rng.integers(len(others), size=style.num_fragments[1])]
+    return make_example(rng, digits, index, fragment_indices, style=style), label, index
