@@ -109,3 +109,29 @@ def test_bad_shapes_raise(fn) -> None:
         fn(np.zeros((2, 4, 4)), np.zeros((3, 4)), 32)
     with pytest.raises(ValueError, match=r"\(4,\)"):
         box_area_fraction(np.zeros(4), 32)
+
+
+def box_maps() -> tuple[np.ndarray, np.ndarray]:
+    """Maps equal to their boxes (8x8 maps on 32x32 images: 4 px cells) and the boxes."""
+    boxes = np.array([[4, 8, 20, 24], [0, 0, 8, 8], [12, 4, 32, 16]])
+    maps = np.zeros((3, 8, 8))
+    for k, (y0, x0, y1, x1) in enumerate(boxes // 4):
+        maps[k, y0:y1, x0:x1] = 1.0
+    return maps, boxes
+
+
+def test_a_map_equal_to_the_box_uniform_and_inverted() -> None:
+    maps, boxes = box_maps()
+    area = box_area_fraction(boxes, 32)
+    np.testing.assert_allclose(area, [16 * 16 / 1024, 64 / 1024, 20 * 12 / 1024])
+    # The box itself: every peak inside, all mass inside.
+    assert pointing_game(maps, boxes, 32).all()
+    np.testing.assert_allclose(energy_in_box(maps, boxes, 32), 1.0)
+    # Uniform: the first cell is the peak (inside only the box touching the corner); mass = the area.
+    uniform = np.full_like(maps, 0.5)
+    np.testing.assert_array_equal(pointing_game(uniform, boxes, 32), [False, True, False])
+    np.testing.assert_allclose(energy_in_box(uniform, boxes, 32), area)
+    # Inverted: no peak inside, no mass inside.
+    inverted = 1.0 - maps
+    assert not pointing_game(inverted, boxes, 32).any()
+    np.testing.assert_allclose(energy_in_box(inverted, boxes, 32), 0.0)
