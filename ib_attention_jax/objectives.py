@@ -11,6 +11,10 @@ Two KL forms:
 The official runs measure CE and KL in bits (divided by ln 2) and scale the KL by a
 per-backbone factor c (0.5 for the CIFAR VGG, 1 otherwise):
 ``total = CE/ln2 + beta * c * KL/ln2 (+ vq_coef * vq + commit_coef * commit)``.
+
+The attention baselines use the same function: LTPA's loss is its cross entropy, ABN's
+adds the cross entropy of its attention-branch logits (``output.aux_logits``, weight
+``aux_coef``, 1 in the public code); their configs measure in nats as the public code does.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ class ObjectiveConfig:
     units: str = "bits"
     vq_coef: float = 0.4
     commit_coef: float = 0.1
+    aux_coef: float = 1.0  # weight of an auxiliary classifier's cross entropy (ABN's attention branch: 1)
 
     def __post_init__(self) -> None:
         if self.kl_form not in KL_FORMS:
             raise ValueError(f"kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
         if self.units not in UNITS:
             raise ValueError(f"units must be one of {UNITS}, got {self.units!r}")
-        for name in ("beta", "info_factor", "vq_coef", "commit_coef"):
+        for name in ("beta", "info_factor", "vq_coef", "commit_coef", "aux_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -95,7 +100,9 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
 
     Parts: ``ce`` and ``kl`` (nats, as computed), ``class_loss`` and ``info_loss`` (in
     the configured units, info_loss including the factor c), ``vq_loss``,
-    ``commit_loss``, ``qt_loss`` (weighted quantiser terms) and ``total``. The KL,
+    ``commit_loss``, ``qt_loss`` (weighted quantiser terms), ``aux_ce`` and ``aux_loss``
+    (an auxiliary classifier's cross entropy in nats, and weighted in the configured
+    units, when ``output.aux_logits`` is set) and ``total``. The KL,
     quantiser losses and totals are at least float32 whatever the compute dtype.
     Plain classifiers (no latent) get only the cross-entropy. ``beta`` overrides
     ``config.beta`` (a traced value for a warm-up schedule).
@@ -118,6 +125,10 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
         parts["commit_loss"] = q.commit_loss
         parts["qt_loss"] = config.vq_coef * q.vq_loss + config.commit_coef * q.commit_loss
         total = total + parts["qt_loss"]
+    if output.aux_logits is not None:
+        parts["aux_ce"] = cross_entropy(output.aux_logits, labels)
+        parts["aux_loss"] = config.aux_coef * parts["aux_ce"] * scale
+        total = total + parts["aux_loss"]
     parts["total"] = total
     return total, parts
 

@@ -110,11 +110,25 @@ CUB_WRN50_2 = Family(
     plain_rules=[*_CUB_WRN_FRONT, _nested("encoder/layer4", "layer4"), (r"encoder/fc", "fc")],
 )
 
+# LTPA: SaoYan/LearnToPayAttention's AttnVGG_before (conv_block{1-6}.op.*, dense, projector.op, attn{i}.op, classify).
+LTPA_VGG = Family(rules=[
+    (r"trunk/block(?P<b>[1-5])/(?P<kind>conv|bn)(?P<j>\d+)", _vgg_conv_bn(lambda m: f"conv_block{m['b']}", False)),
+    (r"trunk/block6/(?P<kind>conv|bn)(?P<j>\d+)", _vgg_conv_bn("conv_block6", True)),
+    (r"trunk/dense", "dense"), (r"projector1", "projector.op"), (r"(?P<a>attn[123])/op", lambda m: f"{m['a']}.op"),
+    (r"classify", "classify"),
+])
+# ABN: the public attention_branch_network WideResNet (CIFAR): the AIB WRN names plus att_conv2 and fc.
+ABN_WRN = Family(rules=[
+    *_WRN_FRONT, _nested("branch/att_block3", "att_block3"),
+    (r"branch/(?P<n>bn_att|att_conv|bn_att2|att_conv3|bn_att3)", lambda m: m["n"]), (r"att_conv2", "att_conv2"),
+    _nested("perception/block3", "block3"), (r"perception/bn1", "bn1"), (r"perception/fc", "fc"),
+])
+
 SMALL = Family(rules=[(r"(?P<p>.+)", lambda m: m["p"].replace("/", "."))],
                plain_rules=[(r"(?P<p>.+)", lambda m: m["p"].replace("/", "."))])
 
 FAMILIES: dict[str, Family] = {"vgg": VGG, "wrn": WRN, "cub_vgg16": CUB_VGG16, "cub_wrn50_2": CUB_WRN50_2,
-                               "small": SMALL}
+                               "ltpa_vgg": LTPA_VGG, "abn_wrn": ABN_WRN, "small": SMALL}
 
 
 def torch_module_name(family: Family, flax_path: str, plain: bool = False) -> str:

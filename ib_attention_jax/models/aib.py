@@ -13,6 +13,7 @@ from typing import Any
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ib_attention_jax.models.attention import AttentionOutput, VariationalAttention, modulate
 from ib_attention_jax.models.bottleneck import GaussianLatent, LatentOutput
@@ -24,7 +25,13 @@ Array = jax.Array
 
 @chex.dataclass(frozen=True)
 class ModelOutput:
-    """What a forward pass returns. Attention fields are None for the plain classifiers."""
+    """What a forward pass returns. Attention fields are None for the plain classifiers.
+
+    The attention baselines (``models/ltpa.py``, ``models/abn.py``) have no noise and no
+    latent: their ``attention`` is a :func:`deterministic_attention` whose ``mean`` is the
+    map evaluation scores, ``attention_maps`` holds each of their maps, and ABN's
+    attention-branch logits are ``aux_logits`` (its objective adds their cross entropy).
+    """
 
     logits: Array  # (b, classes), averaged over the n x n samples
     features: Array  # (b, h, w, c) the map the attention reads (the encoder input for plain models)
@@ -34,10 +41,27 @@ class ModelOutput:
     stats: Array | None = None  # (n*b, 2K) encoder output
     latent: LatentOutput | None = None  # mean/std (n*b, K), samples (n, n*b, K)
     sample_logits: Array | None = None  # (n_z, n_a, b, classes) before averaging
+    aux_logits: Array | None = None  # (b, classes) an auxiliary classifier trained beside logits (ABN's branch)
+    attention_maps: dict[str, Array] | None = None  # name -> (b, h, w): every map of a baseline (LTPA a1..a3)
+
+
+def deterministic_attention(logit: Array, mean: Array, num_samples: int = 1) -> AttentionOutput:
+    """The AttentionOutput of a map without noise: zero std, each of the n samples equal to ``mean``.
+
+    ``logit`` and ``mean`` are (b, h, w, 1); samples are (n, b, h, w, 1).
+    """
+    zeros = jnp.zeros_like(mean)
+    samples = jnp.broadcast_to(mean[None], (num_samples,) + mean.shape)
+    return AttentionOutput(logit=logit, mean=mean, std_pre=zeros, std=zeros, samples=samples)
 
 
 def check_images(x: Array, image_size: int | None, model_name: str) -> None:
-    """Raises a ValueError naming the expected NHWC shape when ``x`` does not fit the model."""
+    """Raises a ValueError naming the expected NHWC shape (or the conversion) when ``x`` does not fit the model."""
+    if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+        raise ValueError(
+            f"{model_name} expects float images normalised like its training data, got {x.dtype}. Convert uint8 "
+            "images with ib_attention_jax.data.normalize_images(images, NORMALIZATION) (x / 255, then the "
+            "recipe's mean and std, e.g. 'cifar10'; see data/recipes.py NORMALIZATIONS).")
     expected = f"(batch, {image_size}, {image_size}, 3)" if image_size else "(batch, height, width, 3)"
     if x.ndim != 4 or x.shape[-1] != 3 or (image_size and tuple(x.shape[1:3]) != (image_size, image_size)):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Models by name: the official AIB models, their plain baselines and a small quickstart model."""
+"""Models by name: the official AIB models, their plain and attention baselines (LTPA, ABN), small quickstart models."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from ib_attention_jax.models import cub, small, vgg, wrn
+from ib_attention_jax.models import abn, cub, ltpa, small, vgg, wrn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,12 +18,13 @@ class ModelSpec:
 
     name: str
     builder: Callable[..., nn.Module]
-    family: str  # weight-naming family: vgg, wrn, cub_vgg16, cub_wrn50_2, small
+    family: str  # weight-naming family: vgg, wrn, cub_vgg16, cub_wrn50_2, ltpa_vgg, abn_wrn, small
     image_size: int
     num_classes: int  # default class count
     num_anchors: int = 0  # default anchor count (0: no quantiser)
     info_factor: float = 1.0  # the official c in beta * c * KL
     plain: bool = False
+    baseline: bool = False  # an attention baseline (LTPA, ABN): attention maps, no bottleneck, no anchors
     description: str = ""
 
     @property
@@ -62,6 +63,14 @@ _SPECS = [
               description="baseline: Wide ResNet-50-2"),
     ModelSpec("small_plain", small.small_plain, "small", 32, 10, plain=True,
               description="baseline: small_aib without attention and bottleneck"),
+    ModelSpec("ltpa_vgg", ltpa.ltpa_vgg, "ltpa_vgg", 32, 10, baseline=True,
+              description="baseline: LTPA AttnVGG_before, softmax attention at 32, 16, 8 px (Jetley et al.)"),
+    ModelSpec("abn_wrn", abn.abn_wrn, "abn_wrn", 32, 10, baseline=True,
+              description="baseline: ABN WRN-28-10, dropout 0.3, sigmoid map at 16x16 (Fukui et al.)"),
+    ModelSpec("small_ltpa", small.small_ltpa, "small", 32, 10, baseline=True,
+              description="baseline: LTPA on the small_aib convolutions, maps at 32, 16, 8 px"),
+    ModelSpec("small_abn", small.small_abn, "small", 32, 10, baseline=True,
+              description="baseline: ABN on the small_aib backbone, map at 16x16"),
 ]
 MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 
@@ -90,10 +99,11 @@ def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn
     classes = spec.num_classes if num_classes is None else int(num_classes)
     if classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {classes}")
-    if spec.plain:
+    if spec.plain or spec.baseline:
         for key in ("num_anchors", "latent_dim", "anchor_init"):
             if key in kwargs:
-                raise ValueError(f"{name} is a plain classifier: it has no {key}")
+                kind = "an attention baseline" if spec.baseline else "a plain classifier"
+                raise ValueError(f"{name} is {kind}: it has no {key}")
     else:
         kwargs.setdefault("num_anchors", spec.num_anchors)
         if spec.quantized and kwargs["num_anchors"] < 1:

@@ -96,7 +96,11 @@ class WRNFront(nn.Module):
 
 
 class ABNMeanHead(nn.Module):
-    """The ABN attention branch without its classification loss: logits map (b, h, w, 1)."""
+    """The ABN attention branch without its classification loss: logits map (b, h, w, 1).
+
+    ``return_features=True`` also returns the branch's class-channel map (b, h, w, classes),
+    the input of both the map conv and ABN's attention-branch classifier (``models/abn.py``).
+    """
 
     num_classes: int
     depth: int = 28
@@ -105,17 +109,19 @@ class ABNMeanHead(nn.Module):
     conv_impl: str = "auto"
     bn_axis_name: str | None = None
     dtype: Any = None
+    return_features: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array | tuple[Array, Array]:
         n, w = _widths(self.depth, self.widen)
         bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name=name)  # noqa: E731
         conv = dict(use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl, dtype=self.dtype)
         x = WideGroup(w[3], n, 1, self.dropout_rate, self.conv_impl, self.bn_axis_name, self.dtype,
                       name="att_block3")(x, train)
         x = bn("bn_att")(x)
-        x = nn.relu(bn("bn_att2")(Conv(self.num_classes, 1, padding=0, name="att_conv", **conv)(x)))
-        return bn("bn_att3")(Conv(1, 3, name="att_conv3", **conv)(x))
+        ax = nn.relu(bn("bn_att2")(Conv(self.num_classes, 1, padding=0, name="att_conv", **conv)(x)))
+        logit = bn("bn_att3")(Conv(1, 3, name="att_conv3", **conv)(ax))  # (b, h, w, 1)
+        return (ax, logit) if self.return_features else logit
 
 
 class WRNEncoder(nn.Module):
