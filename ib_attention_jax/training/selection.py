@@ -3,7 +3,8 @@
 The score is saved inside the checkpoint (its JSON item), so a run restarted from a
 training checkpoint compares new evaluations against the best one it had already
 kept, instead of replacing it with the first evaluation after the restart. The new
-best is written before the old one is deleted, so a failed save never loses it.
+best is written before the old one is deleted, so a failed save never loses it. With a
+``run_id``, only that run's checkpoints are considered and deleted.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from ib_attention_jax.training.checkpoint import Checkpointer
 class BestCheckpoint:
     """Keeps the state with the highest ``metric`` offered so far under ``directory``."""
 
-    def __init__(self, directory: str | epath.PathLike, metric: str) -> None:
+    def __init__(self, directory: str | epath.PathLike, metric: str, run_id: str | None = None) -> None:
         # Two slots: the new best is complete on disk before the previous one goes.
-        self.checkpointer = Checkpointer(directory, max_to_keep=2)
+        self.checkpointer = Checkpointer(directory, max_to_keep=2, run_id=run_id)
         self.metric = metric
-        self.step: int | None = self.checkpointer.latest_step()
+        own = self.checkpointer.own_steps()
+        self.step: int | None = own[-1] if own else None
         self.score: float | None = None
         if self.step is not None:
             saved = self.checkpointer.read_input_state(self.step).get(metric)
@@ -37,7 +39,7 @@ class BestCheckpoint:
         if self.score is not None and score <= self.score:
             return False
         self.checkpointer.save(step, state, {self.metric: float(score)})
-        for old in self.checkpointer.all_steps():
+        for old in self.checkpointer.own_steps():
             if old != step:
                 self.checkpointer.delete(old)
         self.step, self.score = step, float(score)
