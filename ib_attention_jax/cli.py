@@ -1,52 +1,104 @@
 """The command line, ``ib-attention`` (also ``python -m experiments.main``): train, evaluate, export.
 
     ib-attention --config=experiments/configs/quickstart.py --workdir=workdir/quickstart
-    ib-attention --config=... --workdir=... --config.batch_size=64 --config.seed=1
-    ib-attention --config=... --workdir=... --mode=evaluate
-    ib-attention --config=... --workdir=... --mode=export_attention --num_images=20
+    ib-attention --config=... --workdir=... --config.batch_size=64 --config.model_kwargs.latent_dim=32
+    ib-attention --workdir=workdir/quickstart --mode=evaluate      # the workdir's own config.json
+    ib-attention --workdir=... --mode=export_attention --num_images=20
+
+``--config.KEY=VALUE`` sets any key of ``ib_attention_jax/configs/base.py`` and
+``--config.model_kwargs.NAME=VALUE`` any option of the model's builder; an unknown key is an error
+naming the closest known ones. Without ``--config`` the workdir's own ``config.json`` is used. Errors
+the user can fix (a bad config, a workdir of another run, a full disk, ...) print one message and exit 1;
+a second Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
 from ib_attention_jax import cpu_memory
+from ib_attention_jax.configs import schema
+from ib_attention_jax.errors import ConfigError, UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs")
+_CONFIG = flags.DEFINE_string(
+    "config", None, "experiment config: a Python file with get_config() (FILE.py:ARG passes ARG) or a config.json; "
+    "default: the workdir's own config.json. Override keys with --config.KEY=VALUE")
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs (one run each)")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention"], "what to do")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 20, "export_attention: how many test images")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "log at INFO level (Orbax, tfds and the loop)")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+
+_OVERRIDES: list[tuple[str, str]] = []  # the --config.KEY=VALUE arguments, taken out before absl parses
+_FS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def load_config(config_file: str | None, workdir: str, overrides: list[tuple[str, str]]):
+    """The config of this command: the file (or the workdir's config.json) with the overrides applied."""
+    from ib_attention_jax.configs.files import load_config_file
+    from ib_attention_jax.training.workdir import CONFIG_FILE, load_workdir_config
+
+    if config_file:
+        config = load_config_file(config_file)
+    else:
+        config = load_workdir_config(workdir)
+        if config is None:
+            raise ConfigError(f"--config is needed: {workdir} holds no {CONFIG_FILE} (no run was started there yet)")
+    return schema.apply_overrides(config, overrides)
+
+
+def _run() -> dict:
+    from ib_attention_jax.training import run_modes  # after flag parsing: --help stays fast
+
+    config = load_config(_CONFIG.value, _WORKDIR.value, _OVERRIDES)
+    if _MODE.value == "train":
+        return run_modes.train(config, _WORKDIR.value)
+    if _MODE.value == "evaluate":
+        return run_modes.evaluate_checkpoint(config, _WORKDIR.value)
+    return run_modes.export_attention(config, _WORKDIR.value, _NUM_IMAGES.value)
+
+
+def _fail(message: str, status: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def _main(argv) -> None:
     del argv
-    from ib_attention_jax.training import run_modes  # after flag parsing: --help stays fast
+    from ib_attention_jax.data.sources import DatasetNotPreparedError
+    from ib_attention_jax.training.loop import NonFiniteLossError
 
     level = logging.INFO if _VERBOSE.value else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    if _MODE.value == "train":
-        summary = run_modes.train(config, workdir)
-    elif _MODE.value == "evaluate":
-        summary = run_modes.evaluate_checkpoint(config, workdir)
-    else:
-        summary = run_modes.export_attention(config, workdir, _NUM_IMAGES.value)
+    try:
+        summary = _run()
+    except (UserError, DatasetNotPreparedError, NonFiniteLossError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("stopped by a second Ctrl-C; nothing was saved since the last checkpoint", 130)
+    except OSError as err:
+        if err.errno not in _FS_ERRORS:
+            raise
+        _fail(f"{err.strerror}: {err.filename or _WORKDIR.value}")
     print(json.dumps(summary, indent=2))
 
 
 def main(module: str = "ib_attention_jax.cli") -> None:
     """Entry point: restarts with huge pages where that helps (see cpu_memory), then runs the mode."""
     cpu_memory.reexec_with_huge_pages(module, sys.argv[1:])
-    app.run(_main)
+    try:
+        argv, overrides = schema.split_config_overrides(sys.argv)
+    except ConfigError as err:
+        _fail(str(err), 2)
+    _OVERRIDES[:] = overrides
+    app.run(_main, argv=argv)
 
 
 if __name__ == "__main__":

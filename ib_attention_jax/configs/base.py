@@ -1,4 +1,9 @@
-"""Defaults shared by every experiment config; each config file changes what its recipe needs."""
+"""Defaults shared by every experiment config; each config file changes what its recipe needs.
+
+This is the schema: a key that is not here is an error, in a config file and on the command line
+(``configs/schema.py``); ``model_kwargs`` takes the options of the model's builder. What a restart of a
+workdir may change is in ``configs/changes.py``.
+"""
 
 import ml_collections
 
@@ -6,7 +11,7 @@ import ml_collections
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "small_aib"
-    c.model_kwargs = ml_collections.ConfigDict()  # e.g. num_anchors, latent_dim, dropout_rate, conv_impl
+    c.model_kwargs = ml_collections.ConfigDict()  # the builder's options: num_anchors, latent_dim, conv_impl, ...
     c.num_classes = 0  # 0: the dataset's
     c.dataset = "cluttered_digits"
     c.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default (~/tensorflow_datasets)
@@ -43,6 +48,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_every_steps = 50
+    c.eval_every_steps = 0  # > 0: evaluate every this many steps (default with validation_split: every epoch)
     c.tensorboard = False
     c.progress = True
     c.export_examples = 32  # test images in attention_overlays.png

@@ -8,11 +8,13 @@
     for batch in data.make_eval_iterator("cifar10", batch_size=100, data_dir=data_dir):
         ...                                                   # plus 'mask': (100,) bool, False for padding
 
+`normalize_images(uint8_images, "cifar10")` scales images read elsewhere as the pipelines do.
 `python -m ib_attention_jax.data.prepare DATASET --data_dir DIR` prepares a dataset (`cluttered_digits`
 offline in seconds; the official ones with TensorFlow installed); `prepare.prepare` is its function.
 """
 
 from ib_attention_jax.data.cluttered_digits import build as build_cluttered_digits
+from ib_attention_jax.data.images import normalize_images
 from ib_attention_jax.data.iterator import BatchIterator
 from ib_attention_jax.data.pipeline import (
     make_eval_dataset,
@@ -47,6 +49,7 @@ __all__ = [
     "make_eval_iterator",
     "make_train_dataset",
     "make_train_iterator",
+    "normalize_images",
     "num_eval_batches",
     "num_examples",
     "open_source",

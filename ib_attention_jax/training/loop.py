@@ -1,9 +1,10 @@
 """``train_and_evaluate(config, workdir)``: the training loop behind ``experiments/main.py``.
 
-One loop for every config: build the model and the optimiser, restore the newest
-readable checkpoint (state and input position) or start fresh, run the compiled
-per-device step over all devices, log metrics one step late (the device never waits
-for the host), save periodically, on SIGTERM and at the end, stop on a non-finite
+One loop for every config: check the config against the workdir's own (``training/workdir.py``: a
+config that would mix two runs is refused before anything is written) and lock the workdir, build the
+model and the optimiser, restore this run's newest readable checkpoint (state and input position) or
+start fresh, run the compiled per-device step over all devices, log metrics one step late (the device
+never waits for the host), save periodically, on SIGTERM or Ctrl-C and at the end, stop on a non-finite
 loss, then evaluate and write ``summary.json``.
 """
 
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -23,17 +25,20 @@ import ml_collections
 import numpy as np
 
 from ib_attention_jax import data as data_lib
+from ib_attention_jax.configs import schema
+from ib_attention_jax.data.prepare import ensure_embedded
 from ib_attention_jax.evaluation.evaluate import EvalResult, evaluate
 from ib_attention_jax.models.registry import create_model, get_spec
 from ib_attention_jax.objectives import ObjectiveConfig
 from ib_attention_jax.training.checkpoint import Checkpointer
-from ib_attention_jax.training.metrics import MetricWriter, Progress
+from ib_attention_jax.training.metrics import MetricWriter, Progress, drop_rows_after
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
 from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
-from ib_attention_jax.training.paths import as_path, atomic_write_text, write_via_local_file
+from ib_attention_jax.training.paths import atomic_write_text, write_via_local_file
 from ib_attention_jax.training.selection import BestCheckpoint
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
+from ib_attention_jax.training.workdir import Run, open_run
 
 log = logging.getLogger(__name__)
 KILL_AFTER_STEP_ENV = "IB_ATTENTION_FAULT_KILL_AFTER_STEP"  # fault injection for the resume test
@@ -67,25 +72,36 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
 
 
 class _StopFlag:
-    """Set by SIGTERM: the loop saves a checkpoint at the next step boundary and exits."""
+    """Set by SIGTERM or the first Ctrl-C (SIGINT): the loop saves a checkpoint at the next step boundary
+    and exits. A second Ctrl-C aborts at once (KeyboardInterrupt), saving nothing more."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                break
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to abort at once)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -111,18 +127,14 @@ class Experiment:
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Dataset info, model, optimiser and the initial state of ``config``."""
+    """Dataset info, model, optimiser and the initial state of ``config`` (checked before anything is built)."""
+    schema.check_config(config)
     n_hosts = jax.process_count()
-    if config.batch_size % n_hosts or config.eval_batch_size % n_hosts:
-        raise ValueError(f"batch sizes ({config.batch_size}, {config.eval_batch_size}) must be divisible by the "
-                         f"{n_hosts} hosts")
+    schema.check_device_layout(config, n_hosts, jax.device_count())
     info = data_lib.dataset_info(config.dataset, config.get("data_dir"), train_split=config.get("train_split"),
                                  eval_split=config.get("eval_split"))
     num_classes = config.get("num_classes") or info.num_classes
-    image_size = get_spec(config.model).image_size
-    if tuple(info.image_shape[:2]) != (image_size, image_size):
-        raise ValueError(f"{config.model} takes {image_size}x{image_size} images but {config.dataset} yields "
-                         f"{info.image_shape[0]}x{info.image_shape[1]}; pick a model for this dataset")
+    image_size = int(schema.resolved_model_kwargs(config).get("image_size", get_spec(config.model).image_size))
     steps_per_epoch = data_lib.get_recipe(config.dataset).steps_per_epoch(info.num_train_examples, config.batch_size)
     total_steps = int(config.get("num_steps") or round(config.num_epochs * steps_per_epoch))
     model = build_model(config, num_classes)
@@ -152,25 +164,40 @@ def eval_batches(config: ml_collections.ConfigDict, exp: Experiment, split: str)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
+    """Trains ``config`` in ``workdir`` (resuming the run that is there) and returns the summary.
+
+    Raises ConfigError / ConfigMismatchError (nothing written) when the config is invalid or belongs to
+    another run than the workdir's, WorkdirLockedError when another run trains there.
+    """
     t_start = time.time()
+    schema.check_config(config)
     if config.get("distributed", False):
         jax.distributed.initialize(coordinator_address=config.get("coordinator_address"),
                                    num_processes=config.get("num_processes"), process_id=config.get("process_id"))
-    workdir = as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
+    with open_run(config, workdir, train=True, is_main=is_main) as run:
+        return _train(run, is_main, t_start)
+
+
+def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
+    config, workdir = run.config, run.workdir
+    if is_main and (report := run.describe_changes()):
+        print(report, flush=True)
+    ensure_embedded(config.dataset, config.get("data_dir"))
     exp = build_experiment(config)
     info, model, tx, schedule, state = exp.info, exp.model, exp.tx, exp.schedule, exp.state
     total_steps, host_batch = exp.total_steps, exp.host_batch
 
-    checkpointer = Checkpointer(workdir / "checkpoints", config.get("keep_checkpoints", 3))
+    checkpointer = Checkpointer(workdir / "checkpoints", config.get("keep_checkpoints", 3), run_id=run.run_id)
     restored = checkpointer.restore(state)
     input_state: dict = {}
     if restored is not None:
         state, input_state, restored_step = restored
         log.info("restored checkpoint at step %d", restored_step)
     start_step = int(state.step)
+    run.record()  # the config is the workdir's from now on
+    if is_main:  # rows past the restored step are computed again; a finished run evaluates again
+        drop_rows_after(workdir, start_step, ("eval", "validation") if start_step >= total_steps else ())
 
     train_iter = data_lib.make_train_iterator(
         config.dataset, batch_size=host_batch, seed=config.seed, data_dir=config.get("data_dir"),
@@ -183,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_step = runner.compile_eval_step(make_eval_step(model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
     writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", False), enabled=is_main)
+    if run.changes:
+        writer.write(start_step, "config_change", {"changes": run.change_record()})
     progress = Progress(total_steps, start_step, config.batch_size, enabled=is_main and config.get("progress", True))
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
     log_every = config.get("log_every_steps", 50)
@@ -202,11 +231,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     eval_every = config.get("eval_every_steps", 0)
     if config.get("validation_split") and not eval_every:
         eval_every = exp.steps_per_epoch
-    selector = _ModelSelector(config, exp, runner, eval_step, writer, workdir)
+    selector = _ModelSelector(config, exp, runner, eval_step, writer, workdir, run.run_id)
     pstate = runner.replicate(state)
     pending: tuple[int, dict] | None = None
     step = start_step
-    stopped_by_signal = False
+    stopped_by = ""
     with _StopFlag() as stop:
         while step < total_steps:
             batch = next(train_iter)
@@ -232,18 +261,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if kill_after and step >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
             if stop.requested:
-                stopped_by_signal = True
+                stopped_by = stop.signal_name
                 break
     if pending is not None:
         check_finite(pending[0], _host_metrics(pending[1]))
     if step > start_step or checkpointer.latest_step() is None:
         save(step, pstate)
     progress.close()
-    if stopped_by_signal:
-        writer.write(step, "preempted", {"checkpoint": 1.0})
+    if stopped_by:
+        writer.write(step, "preempted", {"checkpoint": 1.0, "signal": stopped_by})
         writer.close()
-        log.warning("SIGTERM: saved step %d to %s and stopped", step, checkpointer.path(step))
-        return {"stopped_at_step": step, "checkpoint": str(checkpointer.path(step))}
+        checkpointer.close()
+        if is_main:
+            print(f"{stopped_by}: saved the checkpoint of step {step} to {checkpointer.path(step)} and stopped; "
+                  "the same command continues the run", file=sys.stderr, flush=True)
+        return {"stopped_at_step": step, "signal": stopped_by, "checkpoint": str(checkpointer.path(step))}
 
     final_state, selected = selector.final_state(step, pstate)
     result = evaluate(runner, eval_step, final_state, eval_batches(config, exp, info.eval_split),
@@ -265,10 +297,11 @@ class _ModelSelector:
     """
 
     def __init__(self, config, exp: Experiment, runner: Runner, eval_step, writer: MetricWriter,
-                 workdir) -> None:
+                 workdir, run_id: str | None = None) -> None:
         self.config, self.exp, self.runner, self.eval_step, self.writer = config, exp, runner, eval_step, writer
         self.split = config.get("validation_split")
-        self.best = BestCheckpoint(workdir / "best_on_validation", "accuracy_mc") if self.split else None
+        self.best = (BestCheckpoint(workdir / "best_on_validation", "accuracy_mc", run_id=run_id)
+                     if self.split else None)
 
     def periodic_eval(self, step: int, pstate) -> None:
         split = self.split or self.exp.info.eval_split

@@ -1,4 +1,8 @@
-"""Metric output: JSON lines always, TensorBoard when asked, a progress bar with rate and ETA."""
+"""Metric output: JSON lines always, TensorBoard when asked, a progress bar with rate and ETA.
+
+A resumed run first drops the rows past the step it restored (:func:`drop_rows_after`), so
+``metrics.jsonl`` holds each step once, as the run that is kept computed it.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,42 @@ from typing import Any
 
 import numpy as np
 
-from ib_attention_jax.training.paths import as_path
+from ib_attention_jax.training.paths import as_path, atomic_write_text
 
 
-def _scalar(value: Any) -> float | list | None:
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | dict):
+        return value
     arr = np.asarray(value)
     if arr.ndim == 0:
         v = float(arr)
         return v if math.isfinite(v) else str(v)
     return arr.tolist()
+
+
+def drop_rows_after(workdir, step: int, kinds_at_step: tuple[str, ...] = ()) -> int:
+    """Rewrites ``metrics.jsonl`` without the rows past ``step`` (and those at ``step`` of ``kinds_at_step``).
+
+    A run resumed from the checkpoint of ``step`` computes those rows again. Lines that are not JSON (a
+    write cut short by a kill) go too. Returns how many rows were dropped.
+    """
+    path = as_path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            late = row["step"] > step or (row["step"] == step and row.get("kind") in kinds_at_step)
+        except (ValueError, KeyError, TypeError):
+            late = True
+        if late:
+            dropped += 1
+        else:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
 
 
 class MetricWriter:

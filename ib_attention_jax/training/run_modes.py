@@ -1,4 +1,8 @@
-"""The CLI's modes: train, evaluate the latest checkpoint, export attention maps."""
+"""The CLI's modes: train, evaluate the latest checkpoint, export attention maps.
+
+Every mode opens the workdir through ``workdir.open_run``: the config is checked, compared with the
+workdir's own, and (evaluation, export) the workdir is checked writable before any work starts.
+"""
 
 from __future__ import annotations
 
@@ -9,47 +13,54 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ib_attention_jax import data as data_lib
+from ib_attention_jax.data.prepare import ensure_embedded
+from ib_attention_jax.errors import ConfigError, UserError
 from ib_attention_jax.evaluation.evaluate import evaluate
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import build_experiment, eval_batches, normalization_constants, train_and_evaluate
 from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.paths import as_path, atomic_write_text
 from ib_attention_jax.training.step import make_eval_step
+from ib_attention_jax.training.workdir import Run, open_run
 
-EMBEDDED = ("cluttered_digits",)
 
-
-def ensure_embedded_dataset(config: ml_collections.ConfigDict) -> None:
-    """Builds the embedded dataset offline on first use; official datasets must be prepared by the user."""
-    if config.dataset in EMBEDDED and data_lib.sources.preparation_problem(
-            data_lib.get_recipe(config.dataset), config.get("data_dir")):
-        print(f"building {config.dataset} (offline, once) ...", flush=True)
-        data_lib.build_cluttered_digits(config.get("data_dir"))
+class NoCheckpointError(UserError, FileNotFoundError):
+    """The workdir holds no checkpoint to evaluate."""
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    ensure_embedded_dataset(config)
     summary = train_and_evaluate(config, workdir)
     summary["workdir"] = str(as_path(workdir))
-    print(f"outputs in {summary['workdir']}: summary.json, metrics.jsonl, checkpoints/, attention_overlays.png",
-          flush=True)
+    if "stopped_at_step" not in summary:
+        print(f"outputs in {summary['workdir']}: summary.json, metrics.jsonl, checkpoints/, attention_overlays.png",
+              flush=True)
     return summary
 
 
-def _restore(config: ml_collections.ConfigDict, workdir: str):
+def _restore(run: Run):
+    """(experiment, state, step) of the run's latest checkpoint."""
+    if report := run.describe_changes("this evaluation differs from the workdir's own config in"):
+        print(report, flush=True)
+    config = run.config
+    ensure_embedded(config.dataset, config.get("data_dir"))
     exp = build_experiment(config)
-    checkpointer = Checkpointer(as_path(workdir) / "checkpoints", config.get("keep_checkpoints", 3))
+    checkpointer = Checkpointer(run.workdir / "checkpoints", config.get("keep_checkpoints", 3), run_id=run.run_id)
     restored = checkpointer.restore(exp.state)
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; train first (--mode=train)")
+        raise NoCheckpointError(f"no checkpoint in {checkpointer.directory}; train first (--mode=train)")
     state, _, step = restored
     return exp, state, step
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Monte-Carlo and mean accuracy of the latest checkpoint on the eval split (``eval.json``)."""
-    exp, state, step = _restore(config, workdir)
+    with open_run(config, workdir, train=False) as run:
+        return _evaluate(run)
+
+
+def _evaluate(run: Run) -> dict[str, Any]:
+    config, workdir = run.config, run.workdir
+    exp, state, step = _restore(run)
     runner = Runner(config.get("parallel", "shard_map"))
     eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
@@ -62,16 +73,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 def export_attention(config: ml_collections.ConfigDict, workdir: str, num_images: int = 20) -> dict[str, Any]:
     """PNGs of the first test images, their continuous maps and (QT models) quantised maps."""
+    with open_run(config, workdir, train=False) as run:
+        return _export_attention(run, num_images)
+
+
+def _export_attention(run: Run, num_images: int) -> dict[str, Any]:
     from ib_attention_jax.evaluation.overlays import denormalize, save_attention_grid, save_attention_maps
 
-    exp, state, step = _restore(config, workdir)
+    config, workdir = run.config, run.workdir
+    exp, state, step = _restore(run)
     runner = Runner(config.get("parallel", "shard_map"))
     eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key))
     result = evaluate(runner, eval_step, runner.replicate(state), eval_batches(config, exp, exp.info.eval_split),
                       exp.image_size, keep_examples=num_images)
     ex = result.examples
     if "attention" not in ex:
-        raise ValueError(f"{config.model} has no attention map to export")
+        raise ConfigError(f"{config.model} has no attention map to export")
     mean, std = normalization_constants(config)
     images = denormalize(ex["image"], mean, std)
     out_dir = pathlib.Path(workdir) / "attention_maps"  # local: the PNG writers need a file system
