@@ -308,4 +308,23 @@ def test_bfloat16_compute_keeps_logits_and_maps_in_float32(name):
     reference, _ = small_run(name)[3](variables, x)
     assert out.logits.dtype == jnp.float32 and out.attention.mean.dtype == jnp.float32
     assert out.aux_logits is None or out.aux_logits.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out.logits), np.asarray(reference.logits), atol=0.1 * np.ptp(reference.logits))
+    np.testing.assert_allclose(np.asarray(out.logits), np.asarray(reference.logits),
+                               atol=0.1 * np.ptp(reference.logits))
+
+
+def test_ltpa_recipe_reproduces_the_public_lambda_schedule_over_its_three_passes_per_epoch():
+    """train.py: 300 epochs of 3 passes, epoch e at 0.1 * 0.5 ** ((e + 1) // 25) (LambdaLR stepped first)."""
+    from ib_attention_jax.configs.baselines import ltpa_cifar
+    from ib_attention_jax.training.loop import _optimizer_config
+    from ib_attention_jax.training.schedules import make_schedule
+
+    config = ltpa_cifar("cifar100")
+    opt = _optimizer_config(config)
+    steps_per_pass = 3
+    schedule = make_schedule(opt.schedule, opt.learning_rate, steps_per_pass, int(config.num_epochs) * steps_per_pass,
+                             milestones=opt.milestones, gamma=opt.gamma)
+    passes = np.arange(int(config.num_epochs))
+    expected = 0.1 * 0.5 ** ((passes // 3 + 1) // 25)
+    got = np.asarray([float(schedule(p * steps_per_pass + s)) for p in passes for s in (0, 2)]).reshape(-1, 2)
+    np.testing.assert_allclose(got, np.stack([expected, expected], 1), rtol=1e-6)
+    assert config.num_epochs == 900 and config.objective.units == "nats" and config.model == "ltpa_vgg"
