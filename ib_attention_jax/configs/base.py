@@ -52,4 +52,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.tensorboard = False
     c.progress = True
     c.export_examples = 32  # test images in attention_overlays.png
+
+    # Attention quality and transfer (ib_attention_jax/evaluation: attention_metrics.py, probe.py).
+    c.attention_metrics_examples = 500  # test examples per host scored by deletion/insertion (0: off)
+    c.attention_metrics_steps = 16  # deletion/insertion at the fractions 0, 1/16, ..., 1 of the pixels
+    c.attention_metrics_baseline = "mean"  # removed pixels become the mean colour ("mean") or a blur ("blur")
+    c.probe = ml_collections.ConfigDict(dict(  # --mode=linear_probe: frozen features -> linear classifier
+        dataset=ml_collections.config_dict.placeholder(str),  # None: the default target of the training dataset
+        train_split=ml_collections.config_dict.placeholder(str),  # None: the probe dataset's train split
+        test_split=ml_collections.config_dict.placeholder(str),  # None: its test split
+        max_train_examples=0, max_test_examples=0,  # 0: every example of the split
+        classifier="logistic",  # "logistic" (multinomial, L2) or "linear_svm" (one-vs-rest, squared hinge)
+        regularization=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),  # C grid, chosen on a held-out part of train
+        validation_fraction=0.2))  # that part (stratified); the chosen C is refitted on the whole train split
     return c
