@@ -367,3 +367,56 @@ def test_synthetic_seed_and_alias_errors():
     np.testing.assert_array_equal(one["c.weight"], one["a.weight"])
     with pytest.raises(KeyError, match="missing.weight"):
         synthetic_state_dict(spec, 0, {"c.weight": "missing.weight"})
+
+
+# -- partial loads (strict=False) and short errors --------------------------------------------------
+def test_non_strict_load_keeps_what_is_missing_and_reports_it_by_group(small_sd):
+    model, sd = small_sd
+    init = random_variables(model, seed=7)
+    partial = {k: v for k, v in sd.items() if not k.startswith("decoder.")}
+    partial["old_head.weight"] = np.zeros((3, 3), np.float32)
+    variables, report = from_state_dict(model, partial, strict=False, init=init, source="a partial state_dict")
+    assert report.group_names("kept") == ["decoder"] and report.num_kept == 4
+    assert report.group_names("loaded") == ["attention", "encoder", "front", "quantizer"]
+    assert report.ignored == (("old_head", 1),)
+    assert_trees_bitwise_equal(variables["params"]["decoder"], init["params"]["decoder"])
+    full = from_state_dict(model, sd)
+    assert_trees_bitwise_equal(variables["params"]["encoder"], full["params"]["encoder"])
+    text = report.format()
+    assert text.splitlines()[0] == "weights for small_aib_qt from a partial state_dict"
+    assert "decoder (4 tensors)" in text and "old_head (1 tensor)" in text
+    with pytest.raises(ValueError, match="needs init="):
+        from_state_dict(model, partial, strict=False)
+
+
+def test_non_strict_load_still_refuses_a_mis_shaped_tensor(small_sd):
+    model, sd = small_sd
+    bad = {**sd, "decoder.fc2.weight": np.zeros((7, 64), np.float32)}
+    with pytest.raises(StateDictError, match=r"decoder\.fc2\.weight: got \(7, 64\), expected \(10, 64\)"):
+        from_state_dict(model, bad, strict=False, init=random_variables(model))
+
+
+def test_group_names_stop_at_the_coarsest_uniform_module():
+    from ib_attention_jax.interop.load_report import IGNORED, KEPT, LOADED, group_by_status
+
+    statuses = {("front", "layer1", "a"): LOADED, ("front", "layer1", "b"): LOADED, ("front", "layer2", "a"): KEPT,
+                ("head", "w"): LOADED, ("head", "b"): IGNORED}
+    groups = group_by_status(statuses)
+    assert groups == {LOADED: [("front/layer1", 2), ("head/w", 1)], KEPT: [("front/layer2", 1)],
+                      IGNORED: [("head/b", 1)]}
+
+
+def test_a_mismatched_state_dict_gets_a_short_error_with_a_prefix_hint():
+    model = create_model("wrn_aib_qt", depth=10, widen=2, latent_dim=16)
+    sd = to_state_dict(model, random_variables(model, seed=8))
+    with pytest.raises(StateDictError) as err:
+        from_state_dict(model, {f"backbone.{k}": v for k, v in sd.items()})
+    msg = str(err.value)
+    n = len(to_state_dict(model, random_variables(model), include_aliases=False, include_counters=False))
+    extra = len([k for k in sd if not k.endswith("num_batches_tracked")])  # aliases included: prefixed, unknown
+    assert f"({n} missing, {extra} unexpected)" in msg and f"and {n - 5} more ({n} in all)" in msg
+    assert "prefix 'backbone.'" in msg and len(msg) < 1500, len(msg)
+    small = create_model("small_aib")
+    with pytest.raises(StateDictError, match="looks like another model's state_dict.*strict=False") as err:
+        from_state_dict(small, sd)
+    assert len(str(err.value)) < 1500
