@@ -25,7 +25,7 @@ torch: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-torch.txt
 
 parity: $(STAMP)
-	for f in tests/fixtures/official_parity/*.json; do \
+	for f in tests/fixtures/official_parity/*.json tests/fixtures/baselines_parity/*.json; do \
 	  $(PY) -m ib_attention_jax.interop.parity $$f || exit 1; done
 
 demo: $(STAMP)
