@@ -1,4 +1,4 @@
-"""Parity with the official PyTorch models on the five seed-0 fixtures."""
+"""Parity with the official PyTorch models on the seven seed-0 fixtures."""
 
 import pathlib
 import shutil
@@ -10,7 +10,7 @@ import pytest
 from ib_attention_jax.interop import parity
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "official_parity"
-NAMES = ["vgg_aib_cifar10", "vgg_aib_qt20_cifar10", "wrn_aib_cifar10", "wrn_aib_qt50_cifar10", "cub_vgg16_aib"]
+NAMES = sorted(p.name.removesuffix("_seed0.json") for p in FIXTURES.glob("*_seed0.json"))  # every fixture there
 REPO = pathlib.Path(__file__).parent.parent
 
 
