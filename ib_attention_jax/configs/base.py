@@ -19,6 +19,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.eval_split = ml_collections.config_dict.placeholder(str)  # None: the recipe's test split
     c.normalization = ml_collections.config_dict.placeholder(str)  # None: the dataset's; "cifar100" for VGG
     c.validation_split = ml_collections.config_dict.placeholder(str)  # e.g. "train[45000:]": select on it
+    c.init_from = ml_collections.config_dict.placeholder(str)  # starting weights: official/torchvision file, workdir
     c.seed = 0
     c.batch_size = 128  # global, over all hosts and devices
     c.eval_batch_size = 128

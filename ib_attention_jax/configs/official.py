@@ -58,8 +58,13 @@ def cifar_wrn(dataset: str = "cifar10", quantized: bool = False, plain: bool = F
 def cub(backbone: str = "vgg16", quantized: bool = False, plain: bool = False) -> ml_collections.ConfigDict:
     """CUB-experiments: bird-box crop, 256 resize, 224 crop/flip; Adam 1e-4 (betas 0.5, 0.999), no weight
     decay, x0.97 every 2 epochs, 200 epochs, batch 16 (test 4), K = 256, beta 0.01 (c = 1), weight EMA
-    0.999, anchors frozen at linspace(0, 1, 20), 12 x 12 test samples. The official runs start from
-    ImageNet weights (convert torchvision's with ib_attention_jax.interop); these configs start from scratch."""
+    0.999, anchors frozen at linspace(0, 1, 20), 12 x 12 test samples.
+
+    The official runs start the backbone from torchvision's ImageNet weights; so does a run here with the
+    one override ``--config.init_from=PATH`` to torchvision's file, ``vgg16-397923af.pth`` or
+    ``wide_resnet50_2-95faca4d.pth`` from https://download.pytorch.org/models/ (the backbone loads under its
+    torchvision names, the ImageNet classifier is dropped, the rest keeps its initialisation). Without it the
+    configs start from scratch."""
     c = get_base_config()
     stem = f"cub_{backbone}"
     c.model = f"{stem}_plain" if plain else (f"{stem}_aib_qt" if quantized else f"{stem}_aib")
