@@ -4,6 +4,8 @@
     ib-attention --config=... --workdir=... --config.batch_size=64 --config.model_kwargs.latent_dim=32
     ib-attention --workdir=workdir/quickstart --mode=evaluate      # the workdir's own config.json
     ib-attention --workdir=... --mode=export_attention --num_images=20
+    ib-attention --workdir=... --mode=linear_probe [--config.probe.dataset=stl10]   # probe.json
+    ib-attention --workdir=... --mode=report                         # report.html, plots inside
 
 ``--config.KEY=VALUE`` sets any key of ``ib_attention_jax/configs/base.py`` and
 ``--config.model_kwargs.NAME=VALUE`` any option of the model's builder; an unknown key is an error
@@ -30,7 +32,8 @@ _CONFIG = flags.DEFINE_string(
     "config", None, "experiment config: a Python file with get_config() (FILE.py:ARG passes ARG) or a config.json; "
     "default: the workdir's own config.json. Override keys with --config.KEY=VALUE")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs (one run each)")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention"], "what to do")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention", "linear_probe", "report"],
+                          "what to do")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 20, "export_attention: how many test images")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "log at INFO level (Orbax, tfds and the loop)")
 flags.mark_flags_as_required(["workdir"])
@@ -61,6 +64,14 @@ def _run() -> dict:
         return run_modes.train(config, _WORKDIR.value)
     if _MODE.value == "evaluate":
         return run_modes.evaluate_checkpoint(config, _WORKDIR.value)
+    if _MODE.value == "linear_probe":
+        from ib_attention_jax.evaluation.probe import linear_probe
+
+        return linear_probe(config, _WORKDIR.value)
+    if _MODE.value == "report":
+        from ib_attention_jax.evaluation.report import run_report
+
+        return run_report(config, _WORKDIR.value)
     return run_modes.export_attention(config, _WORKDIR.value, _NUM_IMAGES.value)
 
 

@@ -11,6 +11,7 @@ from ib_attention_jax.evaluation.overlays import (
     GRID_TEXT_HEIGHT,
     colorize,
     denormalize,
+    examples_grid,
     grid_size,
     overlay,
     save_attention_grid,
@@ -145,3 +146,17 @@ def test_save_attention_maps_file_names_and_contents(tmp_path: Path) -> None:
     np.testing.assert_array_equal(q, np.rint(np.repeat(np.repeat(quantized[0], 4, 0), 4, 1) * 255))
     default = save_attention_maps(tmp_path / "plain", images[:1], maps[:1])
     assert [p.name for p in default] == ["test_0000.png", "test_0000_att00.png"]
+
+
+def test_examples_grid_is_the_saved_sheet_as_an_array(tmp_path: Path) -> None:
+    images, maps = batch(b=3)
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    normalised = (images / 255.0 - 0.5) / 0.5
+    examples = {"image": normalised, "attention": maps, "label": np.array([1, 2, 3]), "pred_mc": np.array([1, 0, 3]),
+                "box": np.array([[0, 0, 8, 8]] * 3)}
+    grid = examples_grid(examples, mean, std)
+    assert grid.dtype == np.uint8 and grid.shape == (*grid_size(3, (16, 16), with_text=True), 3)
+    path = save_attention_grid(tmp_path / "g.png", denormalize(normalised, mean, std), maps, labels=[1, 2, 3],
+                               predictions=[1, 0, 3], boxes=examples["box"])
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), grid)
+    assert examples_grid({"image": normalised, "label": np.array([1, 2, 3])}, mean, std) is None

@@ -23,8 +23,10 @@ from ib_attention_jax.evaluation.localization import as_maps
 __all__ = [
     "GRID_PAD",
     "GRID_TEXT_HEIGHT",
+    "attention_grid",
     "colorize",
     "denormalize",
+    "examples_grid",
     "grid_size",
     "overlay",
     "save_attention_grid",
@@ -202,6 +204,32 @@ def save_attention_grid(
     path: str | os.PathLike[str],
     images_uint8: np.ndarray,
     maps: np.ndarray,
+    **options: Any,
+) -> Path:
+    """Write `attention_grid`'s contact sheet as one PNG and return its path.
+
+    The file is written atomically (temporary file in the same directory, then os.replace).
+    """
+    return _atomic_save(attention_grid(images_uint8, maps, **options), Path(path))
+
+
+def examples_grid(examples: dict[str, np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray | None:
+    """The contact sheet of an evaluation's kept examples as an (H, W, 3) uint8 array (None without maps).
+
+    `examples` holds normalised `image`s, `attention` maps, `label`, `pred_mc` and optionally `attention_q` and
+    `box` (what `evaluate(..., keep_examples=n)` keeps); TensorBoard shows the array as an image.
+    """
+    if "attention" not in examples or not len(examples.get("image", ())):
+        return None
+    sheet = attention_grid(denormalize(examples["image"], mean, std), examples["attention"], labels=examples["label"],
+                           predictions=examples["pred_mc"], quantized_maps=examples.get("attention_q"),
+                           boxes=examples.get("box"))
+    return np.asarray(sheet)
+
+
+def attention_grid(
+    images_uint8: np.ndarray,
+    maps: np.ndarray,
     *,
     labels: Sequence[Any] | np.ndarray | None = None,
     predictions: Sequence[Any] | np.ndarray | None = None,
@@ -209,14 +237,13 @@ def save_attention_grid(
     boxes: np.ndarray | None = None,
     columns: int = 8,
     scale: int = 4,
-) -> Path:
-    """Write one PNG contact sheet of a batch and return its path.
+) -> Image.Image:
+    """One contact sheet of a batch as a PIL image.
 
     Per example, a column cell of tiles: the image, the `overlay` of the continuous map, and (when given)
     the quantised map in grayscale (`value * 255`, nearest, no normalisation, like the official `_q.png`).
     Tiles are upscaled by `scale` with nearest; `boxes` (b, 4) are outlined on the image and overlay tiles;
     labels/predictions are written above each cell (green when equal, red when not). Layout: `grid_size`.
-    The file is written atomically (temporary file in the same directory, then os.replace).
     """
     if columns < 1 or scale < 1:
         raise ValueError(f"columns and scale must be >= 1, got columns={columns}, scale={scale}")
@@ -272,7 +299,7 @@ def save_attention_grid(
         if with_text:
             text, colour = _caption(labels, predictions, k)
             draw.text((x + 1, y - text_h + 1), text, fill=colour, font=font)
-    return _atomic_save(sheet, Path(path))
+    return sheet
 
 
 def save_attention_maps(

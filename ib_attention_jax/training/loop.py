@@ -27,7 +27,8 @@ import numpy as np
 from ib_attention_jax import data as data_lib
 from ib_attention_jax.configs import schema
 from ib_attention_jax.data.prepare import ensure_embedded
-from ib_attention_jax.evaluation.evaluate import EvalResult, evaluate
+from ib_attention_jax.evaluation.evaluate import EvalResult, attention_metrics_options, evaluate
+from ib_attention_jax.evaluation.overlays import examples_grid
 from ib_attention_jax.models.registry import create_model, get_spec
 from ib_attention_jax.objectives import ObjectiveConfig
 from ib_attention_jax.training.checkpoint import Checkpointer
@@ -279,8 +280,11 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
 
     final_state, selected = selector.final_state(step, pstate)
     result = evaluate(runner, eval_step, final_state, eval_batches(config, exp, info.eval_split),
-                      exp.image_size, keep_examples=config.get("export_examples", 32))
+                      exp.image_size, keep_examples=config.get("export_examples", 32),
+                      attention_metrics=attention_metrics_options(config, model))
     writer.write(step, "eval", result.metrics)
+    writer.write_image(step, "eval/attention_overlays",
+                       examples_grid(result.examples, *normalization_constants(config)))
     summary = _summary(config, info, result, step, t_start, progress.images_per_second, checkpointer)
     summary.update(selected)
     if is_main:
@@ -329,9 +333,7 @@ def _summary(config, info, result: EvalResult, step: int, t_start: float, images
                "test_ce_mean": m["ce_mean"], "num_eval_examples": m["num_examples"],
                "train_images_per_second": images_per_second, "devices": jax.device_count(),
                "checkpoint": str(checkpointer.path(step)), "wall_seconds": time.time() - t_start}
-    for key in ("pointing_game", "energy_in_box", "box_area_fraction"):
-        if key in m:
-            summary[key] = m[key]
+    summary.update(result.summary_entries())  # localisation, deletion/insertion, anchor usage
     return summary
 
 

@@ -88,6 +88,11 @@ class MetricWriter:
                 if isinstance(value, float):
                     self._tb.add_scalar(f"{kind}/{key}", value, int(step))
 
+    def write_image(self, step: int, tag: str, image: np.ndarray | None) -> None:
+        """An (H, W, 3) uint8 image to TensorBoard when it is on (metrics.jsonl keeps no images); None: nothing."""
+        if self.enabled and self._tb is not None and image is not None:
+            self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+
     def close(self) -> None:
         if self.enabled:
             if self._file is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ib_attention_jax.data.prepare import ensure_embedded
 from ib_attention_jax.errors import ConfigError, UserError
-from ib_attention_jax.evaluation.evaluate import evaluate
+from ib_attention_jax.evaluation.evaluate import attention_metrics_options, evaluate
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import build_experiment, eval_batches, normalization_constants, train_and_evaluate
 from ib_attention_jax.training.parallel import Runner
@@ -65,8 +65,8 @@ def _evaluate(run: Run) -> dict[str, Any]:
     eval_step = runner.compile_eval_step(make_eval_step(exp.model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
     result = evaluate(runner, eval_step, runner.replicate(state), eval_batches(config, exp, exp.info.eval_split),
-                      exp.image_size)
-    summary = {"step": step, "eval_split": exp.info.eval_split, **result.metrics}
+                      exp.image_size, attention_metrics=attention_metrics_options(config, exp.model))
+    summary = {"step": step, "eval_split": exp.info.eval_split, **result.metrics, **result.summary_entries()}
     atomic_write_text(as_path(workdir) / "eval.json", json.dumps(summary, indent=2))
     return summary
 
