@@ -57,9 +57,10 @@ def load_config(config_file: str | None, workdir: str, overrides: list[tuple[str
 
 
 def _run() -> dict:
-    from ib_attention_jax.training import run_modes  # after flag parsing: --help stays fast
-
     config = load_config(_CONFIG.value, _WORKDIR.value, _OVERRIDES)
+    schema.check_config(config)  # before the heavy imports: a bad config fails in a second or two
+    from ib_attention_jax.training import run_modes
+
     if _MODE.value == "train":
         return run_modes.train(config, _WORKDIR.value)
     if _MODE.value == "evaluate":
@@ -82,15 +83,12 @@ def _fail(message: str, status: int = 1) -> None:
 
 def _main(argv) -> None:
     del argv
-    from ib_attention_jax.data.sources import DatasetNotPreparedError
-    from ib_attention_jax.training.loop import NonFiniteLossError
-
     level = logging.INFO if _VERBOSE.value else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
     try:
         summary = _run()
-    except (UserError, DatasetNotPreparedError, NonFiniteLossError) as err:
+    except UserError as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _fail("stopped by a second Ctrl-C; nothing was saved since the last checkpoint", 130)

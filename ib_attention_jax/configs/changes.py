@@ -34,6 +34,7 @@ POLICY: dict[str, tuple[str, str]] = {
     "num_classes": (REFUSED, "the size of the classifier's output"),
     "dataset": (REFUSED, "the labels the classifier learnt and the input position the checkpoint holds"),
     "seed": (REFUSED, "the initialisation and the data order the checkpoint continues"),
+    "init_from": (REFUSED, "the weights the run started from"),
     "half_precision": (REFUSED, "the precision the run computes in"),
     "optimizer.name": (REFUSED, "the structure of the optimiser state"),
     "optimizer.momentum": (SWITCH, "SGD without momentum keeps no momentum buffer"),

@@ -16,11 +16,12 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from ib_attention_jax.data.recipes import Recipe, get_recipe
+from ib_attention_jax.errors import UserError
 
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(UserError, FileNotFoundError):
     """A dataset is missing from `data_dir`, or is not in a random-access format; the message says the fix."""
 
 

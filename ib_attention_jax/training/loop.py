@@ -27,6 +27,7 @@ import numpy as np
 from ib_attention_jax import data as data_lib
 from ib_attention_jax.configs import schema
 from ib_attention_jax.data.prepare import ensure_embedded
+from ib_attention_jax.errors import UserError
 from ib_attention_jax.evaluation.evaluate import EvalResult, attention_metrics_options, evaluate
 from ib_attention_jax.evaluation.overlays import examples_grid
 from ib_attention_jax.models.registry import create_model, get_spec
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 KILL_AFTER_STEP_ENV = "IB_ATTENTION_FAULT_KILL_AFTER_STEP"  # fault injection for the resume test
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite; the message names the step, the parts and the checkpoint kept."""
 
 
