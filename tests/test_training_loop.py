@@ -1,4 +1,4 @@
-"""The training loop end to end on the embedded dataset: outputs, modes, resume, SIGTERM, NaN guard."""
+"""The training loop end to end on the embedded dataset: outputs, modes, resume, SIGTERM, Ctrl-C, NaN guard."""
 
 import json
 import os
@@ -100,6 +100,9 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, data_dir):
     assert max(Checkpointer(killed / "checkpoints").all_steps()) == 3
     resumed = run_cli(killed, data_dir, *common)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    train_steps = [x["step"] for x in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+                   if x["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps)), train_steps  # no step logged twice after the resume
     a, b = final_params(straight, data_dir, 6), final_params(killed, data_dir, 6)
     import jax
 
@@ -124,6 +127,45 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, data_dir):
     steps = Checkpointer(tmp_path / "checkpoints").all_steps()
     assert steps and 2 <= steps[-1] < 100000
     assert '"preempted"' in metrics.read_text()
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_step_it_stopped_and_a_second_run_is_locked_out(tmp_path, data_dir):
+    cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
+           f"--workdir={tmp_path}", f"--config.data_dir={data_dir}", *SMALL, "--config.num_steps=100000",
+           "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+        time.sleep(0.5)
+    second = run_cli(tmp_path, data_dir, "--config.num_steps=100000")  # the same run, started again meanwhile
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"another run is using this workdir: process {proc.pid}" in second.stderr
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Ctrl-C: saving a checkpoint" in err and "SIGINT: saved the checkpoint of step" in err
+    (stopped,) = [json.loads(x) for x in metrics.read_text().splitlines() if '"preempted"' in x]
+    assert stopped["signal"] == "SIGINT" and stopped["step"] >= 2
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [stopped["step"]]
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_the_first_ctrl_c_asks_for_a_save_and_the_second_aborts():
+    from ib_attention_jax.training.loop import _StopFlag
+
+    with _StopFlag() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _StopFlag() as stop:
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(signal.SIGTERM, None)  # SIGTERM twice still saves
+        assert stop.signal_name == "SIGTERM"
 
 
 def test_non_finite_loss_stops_with_step_parts_and_checkpoint(tmp_path, data_dir):
