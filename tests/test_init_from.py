@@ -9,7 +9,12 @@ import optax
 import pytest
 from weight_checks import assert_trees_bitwise_equal, bits_equal, random_variables
 
-from ib_attention_jax.interop.init_from import load_init_weights, load_state_dict_init, merge_flax_variables
+from ib_attention_jax.interop.init_from import (
+    load_init_weights,
+    load_init_weights_and_ema,
+    load_state_dict_init,
+    merge_flax_variables,
+)
 from ib_attention_jax.interop.state_dict import StateDictError, to_state_dict
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.training.checkpoint import Checkpointer
@@ -60,9 +65,13 @@ def test_fine_tune_small_aib_qt_from_a_small_aib_workdir(workdir):
 def test_the_ema_weights_of_a_run_on_request(workdir):
     path, trained = workdir
     model = create_model("small_aib", conv_impl="xla")
-    variables, _ = load_init_weights(path, model, random_variables(model), use_ema=True)
     kernel = trained["params"]["front"]["conv1"]["conv"]["kernel"]
+    variables, _ = load_init_weights(path, model, random_variables(model), use_ema=True)
     assert bits_equal(variables["params"]["front"]["conv1"]["conv"]["kernel"], kernel + 1)
+    variables, ema, report = load_init_weights_and_ema(path, model, random_variables(model))  # one read, both
+    assert bits_equal(variables["params"]["front"]["conv1"]["conv"]["kernel"], kernel)
+    assert bits_equal(ema["params"]["front"]["conv1"]["conv"]["kernel"], kernel + 1)
+    assert report.info == {"step": 300}
 
 
 def test_the_reverse_direction_reports_the_anchors_as_ignored():
@@ -111,3 +120,6 @@ def test_an_official_file_of_the_qt_model_starts_the_plain_model(tmp_path):
     assert any("'module.'" in note for note in report.notes)
     assert bits_equal(variables["params"]["decoder"]["fc2"]["kernel"], source["params"]["decoder"]["fc2"]["kernel"])
     assert set(to_state_dict(plain, variables)) <= set(to_state_dict(qt, source))
+    assert report.info == {"layout": "vgg", "epoch": 2, "test_acc": 0.0, "test_loss": 0.0}
+    with pytest.raises(KeyError, match="holds no EMA weights"):  # the VGG script keeps none
+        load_init_weights(tmp_path / "best_acc.tar", plain, random_variables(plain), which="net_ema")

@@ -159,19 +159,16 @@ def _round_trip(tmp_path, model, official_in, **export):
     import torch
 
     from ib_attention_jax.interop.export import export_official
-    from ib_attention_jax.interop.init_from import load_init_weights
+    from ib_attention_jax.interop.init_from import load_init_weights_and_ema
 
     path_in, path_out = tmp_path / "in.tar", tmp_path / "out.tar"
     torch.save(official_in, path_in)
-    variables, report = load_init_weights(path_in, model, random_variables(model, seed=9))
+    variables, ema, report = load_init_weights_and_ema(path_in, model, random_variables(model, seed=9))
     assert report.num_kept == 0 and report.ignored == (), report.format()
-    extra = {}
-    if "ema" in export:
-        extra["ema_variables"], _ = load_init_weights(path_in, model, random_variables(model), which="net_ema")
-        export.pop("ema")
-    summary = export_official(model, variables, path_out, **export, **extra, passthrough=report.passthrough)
-    assert summary.path == str(path_out)
-    return _load(path_out)
+    assert (ema is not None) == export.pop("ema", False)
+    summary = export_official(model, variables, path_out, **export, ema_variables=ema, passthrough=report.passthrough)
+    assert summary.path == str(path_out) and summary.ema == (ema is not None)
+    return _load(path_out), report
 
 
 def test_vgg_best_acc_tar_round_trips_bitwise(tmp_path):
@@ -183,7 +180,8 @@ def test_vgg_best_acc_tar_round_trips_bitwise(tmp_path):
     net = torch_state_dict(parity_state_dict("vgg_aib_cifar10"), "module.")  # in the official class's key order
     official = {"epoch": 37, "args": argparse.Namespace(lr=0.01), "model_states": {"net": net},
                 "optim_states": {"optim": optimizer.state_dict()}, "test_acc": 93.5, "test_loss": 0.31}
-    out = _round_trip(tmp_path, create_model("vgg_aib", 10), official, epoch=37, accuracy=0.935)
+    out, report = _round_trip(tmp_path, create_model("vgg_aib", 10), official, epoch=37, accuracy=0.935)
+    assert report.info == {"layout": "vgg", "epoch": 37, "test_acc": 93.5, "test_loss": 0.31}
     # what cifar_va.py reads: epoch, model_states.net (strict, DataParallel), optim_states.optim, test_acc
     assert_state_dicts_bitwise_equal(numpy_state_dict(out["model_states"]["net"]), numpy_state_dict(net))
     fresh.load_state_dict(out["model_states"]["net"])
@@ -208,7 +206,8 @@ def test_wrn_checkpoint_pth_tar_round_trips_bitwise_and_loads_into_the_script(tm
     official = {"epoch": 61, "state_dict": net.state_dict(), "acc": 80.0, "best_acc": 81.5,
                 "optimizer": optimizer.state_dict(), "amp": {"loss_scaler0": {"loss_scale": 1024.0, "unskipped": 7}}}
     model = create_model("wrn_aib_qt", 10, depth=10, widen=2, latent_dim=16)
-    out = _round_trip(tmp_path, model, official, epoch=61, accuracy=0.815)
+    out, report = _round_trip(tmp_path, model, official, epoch=61, accuracy=0.815)
+    assert report.info == {"layout": "wrn", "epoch": 61, "acc": 80.0, "best_acc": 81.5}
     assert_state_dicts_bitwise_equal(numpy_state_dict(out["state_dict"]), numpy_state_dict(official["state_dict"]))
     fresh, fresh_optimizer = script_model()
     fresh.load_state_dict(out["state_dict"])  # strict: aliases and counters included
@@ -228,7 +227,9 @@ def test_cub_best_acc_tar_round_trips_net_and_net_ema_bitwise(tmp_path):
     official = {"iter": 5000, "epoch": 10, "history": history, "args": argparse.Namespace(K=256),
                 "model_states": {"net": net, "net_ema": ema},
                 "optim_states": {"optim": torch.optim.Adam(params, 1e-4, betas=(0.5, 0.999)).state_dict()}}
-    out = _round_trip(tmp_path, create_model("cub_vgg16_aib"), official, ema=True, epoch=10, step=5000, accuracy=0.71)
+    out, report = _round_trip(tmp_path, create_model("cub_vgg16_aib"), official, ema=True, epoch=10, step=5000,
+                              accuracy=0.71)
+    assert report.info == {"layout": "cub", "epoch": 10, "iter": 5000}
     # what solver.load_checkpoint reads: epoch, iter, history, both nets (strict), optim_states.optim
     assert (out["epoch"], out["iter"]) == (10, 5000) and out["history"]["avg_acc"] == pytest.approx(0.71)
     assert_state_dicts_bitwise_equal(numpy_state_dict(out["model_states"]["net"]), numpy_state_dict(net))

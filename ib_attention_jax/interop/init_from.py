@@ -45,31 +45,75 @@ _LAYOUT_NAMES = {"vgg": "official VGG checkpoint", "wrn": "official WRN checkpoi
                  "cub": "official CUB checkpoint", "state_dict": "state_dict"}
 
 
-def load_init_weights(path_or_url: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any], *,
-                      which: str = "net", use_ema: bool = False) -> tuple[dict[str, Any], LoadReport]:
-    """``(variables, report)``: ``variables`` with every tensor the source at ``path_or_url`` has for ``model``.
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+    """A weight source read once: official/torchvision state_dicts or a project checkpoint's variables."""
 
-    ``which='net_ema'`` reads a CUB checkpoint's EMA weights; ``use_ema=True`` a project
-    checkpoint's EMA (when the run kept one).
-    """
+    label: str
+    state_dict: Mapping[str, Any] | None = None  # official or torchvision names
+    ema_state_dict: Mapping[str, Any] | None = None  # a CUB checkpoint's net_ema
+    variables: Mapping[str, Any] | None = None  # a project checkpoint (Flax paths)
+    ema_variables: Mapping[str, Any] | None = None  # its EMA, when that run kept one
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # epoch, iter, best_acc, step, ...
+
+    @property
+    def has_ema(self) -> bool:
+        return self.ema_state_dict is not None or bool(self.ema_variables)
+
+
+def read_init_source(path_or_url: str | os.PathLike) -> InitSource:
+    """Reads what ``path_or_url`` holds (a file needs the torch extra; a directory is a project checkpoint)."""
     path = as_path(path_or_url)
     if not path.exists():
         raise FileNotFoundError(f"init_from {os.fspath(path_or_url)} does not exist: give an official checkpoint "
                                 "file, a torchvision ImageNet .pth or another run's work directory")
     if path.is_dir():
-        return load_project_checkpoint(path, model, variables, use_ema=use_ema)
+        return _read_project_checkpoint(path)
     from ib_attention_jax.interop.torch_io import read_official_file
 
     contents = read_official_file(path)
-    if which == "net_ema" and contents.net_ema is None:
-        raise KeyError(f"{path} ({contents.layout} layout) has no EMA weights (net_ema); use which='net'")
+    label = f"{_LAYOUT_NAMES[contents.layout]} {os.fspath(path_or_url)}"
+    if contents.layout != "state_dict":
+        label += f" ({'state_dict' if contents.layout == 'wrn' else 'model_states.net'})"
+    return InitSource(label, contents.net, contents.net_ema, info=dict(contents.info, layout=contents.layout))
+
+
+def load_from_source(source: InitSource, model: nn.Module, variables: Mapping[str, Any], *,
+                     ema: bool = False) -> tuple[dict[str, Any], LoadReport]:
+    """``(variables, report)`` from a read source; ``ema=True`` takes its EMA weights (CUB net_ema, a run's EMA)."""
+    if ema and not source.has_ema:
+        raise KeyError(f"{source.label} holds no EMA weights")
+    if source.variables is not None:
+        loaded, report = merge_flax_variables(source.ema_variables if ema else source.variables, model, variables,
+                                              source=source.label + (" (EMA)" if ema else ""))
+    else:
+        state_dict = source.ema_state_dict if ema else source.state_dict
+        label = source.label.replace("model_states.net", "model_states.net_ema") if ema else source.label
+        loaded, report = load_state_dict_init(state_dict, model, variables, source=label)
+    return loaded, dataclasses.replace(report, info=dict(source.info))
+
+
+def load_init_weights(path_or_url: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any], *,
+                      which: str = "net", use_ema: bool = False) -> tuple[dict[str, Any], LoadReport]:
+    """``(variables, report)``: ``variables`` with every tensor the source at ``path_or_url`` has for ``model``.
+
+    ``which='net_ema'`` reads a CUB checkpoint's EMA weights; ``use_ema=True`` a project
+    checkpoint's EMA (when the run kept one). ``report.info`` holds the source's bookkeeping
+    (an official file's epoch, iter, best_acc...; a checkpoint's step).
+    """
     if which not in ("net", "net_ema"):
         raise ValueError(f"which must be 'net' or 'net_ema', got {which!r}")
-    state_dict = contents.net if which == "net" else contents.net_ema
-    label = f"{_LAYOUT_NAMES[contents.layout]} {os.fspath(path_or_url)}"
-    if contents.layout in ("vgg", "wrn", "cub"):
-        label += f" ({'model_states.' + which if contents.layout != 'wrn' else 'state_dict'})"
-    return load_state_dict_init(state_dict, model, variables, source=label)
+    source = read_init_source(path_or_url)
+    return load_from_source(source, model, variables, ema=which == "net_ema" or use_ema)
+
+
+def load_init_weights_and_ema(path_or_url: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any]
+                              ) -> tuple[dict[str, Any], dict[str, Any] | None, LoadReport]:
+    """``(variables, ema_variables or None, report)`` from one read of the source (for exports and EMA runs)."""
+    source = read_init_source(path_or_url)
+    loaded, report = load_from_source(source, model, variables)
+    ema = load_from_source(source, model, variables, ema=True)[0] if source.has_ema else None
+    return loaded, ema, report
 
 
 def load_state_dict_init(state_dict: Mapping[str, Any], model: nn.Module, variables: Mapping[str, Any], *,
@@ -102,12 +146,11 @@ def _checkpoint_location(path: epath.Path) -> tuple[epath.Path, int | None]:
                             "checkpoints/), its checkpoints/ folder or one step's folder in it")
 
 
-def load_project_checkpoint(path: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any], *,
-                            use_ema: bool = False) -> tuple[dict[str, Any], LoadReport]:
-    """Parameters and batch statistics of another run's newest readable checkpoint (or of one step)."""
+def _read_project_checkpoint(path: epath.Path) -> InitSource:
+    """Parameters, batch statistics (and EMA) of a run's newest readable checkpoint, or of one step."""
     from ib_attention_jax.training.checkpoint import Checkpointer
 
-    directory, step = _checkpoint_location(as_path(path))
+    directory, step = _checkpoint_location(path)
     checkpointer = Checkpointer(directory)
     try:
         restored = checkpointer.restore(None, step)
@@ -116,11 +159,15 @@ def load_project_checkpoint(path: str | os.PathLike, model: nn.Module, variables
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {directory}")
     state, _, step = restored
-    source = state.get("ema") if use_ema else None
-    if use_ema and not source:
-        raise ValueError(f"the checkpoint in {directory} has no EMA weights (that run kept none); use use_ema=False")
-    source = source or {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-    return merge_flax_variables(source, model, variables, source=f"checkpoint {directory}/{step}")
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return InitSource(f"checkpoint {directory}/{step}", variables=variables, ema_variables=state.get("ema") or None,
+                      info={"step": int(step)})
+
+
+def load_project_checkpoint(path: str | os.PathLike, model: nn.Module, variables: Mapping[str, Any], *,
+                            use_ema: bool = False) -> tuple[dict[str, Any], LoadReport]:
+    """Parameters and batch statistics of another run's newest readable checkpoint (or of one step)."""
+    return load_from_source(_read_project_checkpoint(as_path(path)), model, variables, ema=use_ema)
 
 
 def merge_flax_variables(source_variables: Mapping[str, Any], model: nn.Module, variables: Mapping[str, Any], *,

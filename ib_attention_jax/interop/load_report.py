@@ -58,7 +58,8 @@ class LoadReport:
     ``loaded`` and ``kept`` name groups of the model (Flax paths), ``ignored`` groups of the
     source (official names or Flax paths). ``passthrough`` holds official tensors the model
     has no variable for but the official module registers (the CUB WRN-50-2's unused
-    ``tmp_layer``), so an export can write them back unchanged.
+    ``tmp_layer``), so an export can write them back unchanged. ``info`` is the source's
+    bookkeeping (an official file's ``epoch``, ``iter``, ``best_acc``...; a checkpoint's ``step``).
     """
 
     model: str
@@ -68,6 +69,7 @@ class LoadReport:
     ignored: tuple[Group, ...] = ()
     notes: tuple[str, ...] = ()
     passthrough: Mapping[str, object] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    info: Mapping[str, object] = dataclasses.field(default_factory=dict, compare=False)  # the source's bookkeeping
 
     @property
     def num_loaded(self) -> int:
