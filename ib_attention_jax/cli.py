@@ -10,8 +10,9 @@
 ``--config.KEY=VALUE`` sets any key of ``ib_attention_jax/configs/base.py`` and
 ``--config.model_kwargs.NAME=VALUE`` any option of the model's builder; an unknown key is an error
 naming the closest known ones. Without ``--config`` the workdir's own ``config.json`` is used. Errors
-the user can fix (a bad config, a workdir of another run, a full disk, ...) print one message and exit 1;
-a second Ctrl-C exits 130.
+the user can fix (a bad config, a workdir of another run, a full disk, ...) print one message and exit 1.
+During training the first Ctrl-C saves a checkpoint and exits 0; a second one (or one outside the
+training loop) exits 130 at once.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _main(argv) -> None:
     except UserError as err:
         _fail(str(err))
     except KeyboardInterrupt:
-        _fail("stopped by a second Ctrl-C; nothing was saved since the last checkpoint", 130)
+        _fail("stopped by Ctrl-C; nothing was saved since the last checkpoint", 130)
     except OSError as err:
         if err.errno not in _FS_ERRORS:
             raise

@@ -87,6 +87,7 @@ def test_bad_overrides_are_short_errors(override, expected):
     ("model", "vgg16_aib", "is not one of"),
     ("normalization", "imagenett", r"did you mean imagenet"),
     ("parallel", "pjit", "parallel='pjit' is not one of shard_map, pmap"),
+    ("model_kwargs", {"num_anchors": 4}, "small_aib has no quantiser; use small_aib_qt for anchors"),
 ])
 def test_values_are_checked_before_anything_is_built(key, value, expected):
     c = quickstart()

@@ -349,12 +349,24 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         except ConfigError as err:
             problems.append(str(err))
         else:
+            _check_model_builds(config, recipe, problems)
             size = resolved_model_kwargs(config).get("image_size", get_spec(config.model).image_size)
             if recipe is not None and recipe.image_size != size:
                 problems.append(f"{config.model} takes {size}x{size} images but {recipe.name} yields "
                                 f"{recipe.image_size}x{recipe.image_size}; pick a model for this dataset")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _check_model_builds(config: ml_collections.ConfigDict, recipe, problems: list[str]) -> None:
+    """The registry's own rules on the options (e.g. anchors only on *_qt models): builds the module, no weights."""
+    from ib_attention_jax.models.registry import create_model
+
+    classes = config.num_classes or (recipe.num_classes if recipe is not None else None)
+    try:
+        create_model(config.model, classes, **dict(config.get(MODEL_KWARGS) or {}))
+    except (ValueError, TypeError) as err:
+        problems.append(str(err))
 
 
 def check_config(config: ml_collections.ConfigDict, where: str = "config") -> None:
