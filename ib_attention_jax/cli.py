@@ -6,6 +6,8 @@
     ib-attention --workdir=... --mode=export_attention --num_images=20
     ib-attention --workdir=... --mode=linear_probe [--config.probe.dataset=stl10]   # probe.json
     ib-attention --workdir=... --mode=report                         # report.html, plots inside
+    ib-attention --config=... --workdir=... --mode=evaluate --config.init_from=best_acc.tar  # official weights
+    ib-attention --config=... --workdir=... --mode=export_official --output=OUT.tar  # for the official scripts
 
 ``--config.KEY=VALUE`` sets any key of ``ib_attention_jax/configs/base.py`` and
 ``--config.model_kwargs.NAME=VALUE`` any option of the model's builder; an unknown key is an error
@@ -33,8 +35,9 @@ _CONFIG = flags.DEFINE_string(
     "config", None, "experiment config: a Python file with get_config() (FILE.py:ARG passes ARG) or a config.json; "
     "default: the workdir's own config.json. Override keys with --config.KEY=VALUE")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs (one run each)")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention", "linear_probe", "report"],
-                          "what to do")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention", "export_official",
+                                             "linear_probe", "report"], "what to do")
+_OUTPUT = flags.DEFINE_string("output", None, "export_official: the official checkpoint file to write")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 20, "export_attention: how many test images")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "log at INFO level (Orbax, tfds and the loop)")
 flags.mark_flags_as_required(["workdir"])
@@ -66,6 +69,8 @@ def _run() -> dict:
         return run_modes.train(config, _WORKDIR.value)
     if _MODE.value == "evaluate":
         return run_modes.evaluate_checkpoint(config, _WORKDIR.value)
+    if _MODE.value == "export_official":
+        return run_modes.export_official(config, _WORKDIR.value, _OUTPUT.value)
     if _MODE.value == "linear_probe":
         from ib_attention_jax.evaluation.probe import linear_probe
 

@@ -126,6 +126,7 @@ class Experiment:
     total_steps: int
     host_batch: int
     host_eval_batch: int
+    init_report: Any = None  # what config.init_from loaded (interop.LoadReport), or None
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
@@ -146,11 +147,28 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                              ema_decay=config.get("ema_decay", 0.0),
                              eval_num_samples=config.get("eval_num_samples", 4))
     init_key, state_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, image_size, image_size, 3)), deterministic=True))(
-        init_key)
+    variables, ema_start, init_report = initial_variables(config, model, image_size, init_key)
     state = TrainState.create(variables, tx, state_key, ema=step_config.ema_decay > 0)
+    if ema_start is not None and state.ema is not None:  # a source with EMA weights (CUB net_ema, a run's EMA)
+        state = state.replace(ema=ema_start)
     return Experiment(info, model, tx, schedule, step_config, state, eval_key, image_size, steps_per_epoch,
-                      total_steps, config.batch_size // n_hosts, config.eval_batch_size // n_hosts)
+                      total_steps, config.batch_size // n_hosts, config.eval_batch_size // n_hosts, init_report)
+
+
+def init_variables(model, image_size: int, init_key: jax.Array) -> dict[str, Any]:
+    """The model's random initialisation (params and batch statistics)."""
+    return jax.jit(lambda k: model.init(k, jnp.zeros((1, image_size, image_size, 3)), deterministic=True))(init_key)
+
+
+def initial_variables(config: ml_collections.ConfigDict, model, image_size: int, init_key: jax.Array):
+    """``(variables, ema variables or None, load report or None)``: the model's initialisation, with the
+    weights of ``config.init_from`` (an official or torchvision file, or another run) loaded over it."""
+    variables = init_variables(model, image_size, init_key)
+    if not config.get("init_from"):
+        return variables, None, None
+    from ib_attention_jax.interop.init_from import load_init_weights_and_ema
+
+    return load_init_weights_and_ema(config.init_from, model, variables)
 
 
 def normalization_constants(config: ml_collections.ConfigDict):
@@ -196,6 +214,8 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
     if restored is not None:
         state, input_state, restored_step = restored
         log.info("restored checkpoint at step %d", restored_step)
+    elif exp.init_report is not None and is_main:
+        print(exp.init_report.format(), flush=True)
     start_step = int(state.step)
     run.record()  # the config is the workdir's from now on
     if is_main:  # rows past the restored step are computed again; a finished run evaluates again
