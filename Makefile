@@ -24,9 +24,10 @@ lint: $(STAMP)
 torch: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-torch.txt
 
+# Forward, baseline, train-step (float32 here, float64 in a child with jax_enable_x64) and schedule fixtures.
 parity: $(STAMP)
-	for f in tests/fixtures/official_parity/*.json tests/fixtures/baselines_parity/*.json; do \
-	  $(PY) -m ib_attention_jax.interop.parity $$f || exit 1; done
+	$(PY) -m ib_attention_jax.interop.parity tests/fixtures/official_parity/*.json \
+	  tests/fixtures/baselines_parity/*.json tests/fixtures/official_train_step/*.json
 
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=experiments/configs/quickstart.py --workdir=workdir/quickstart \

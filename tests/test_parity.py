@@ -42,13 +42,20 @@ def test_parity_command_runs_on_a_copied_fixture(tmp_path):
 
 
 def test_parity_command_fails_on_a_wrong_reference(tmp_path):
+    import hashlib
+    import json
+
     import numpy as np
 
-    shutil.copy(FIXTURES / "vgg_aib_cifar10_seed0.json", tmp_path)
     with np.load(FIXTURES / "vgg_aib_cifar10_seed0.npz") as data:
         refs = {k: data[k] for k in data.files}
     refs["logits"] = refs["logits"] * (1 + 1e-3)  # a 1e-3 error is far outside 2e-5
     np.savez(tmp_path / "vgg_aib_cifar10_seed0.npz", **refs)
+    manifest = json.loads((FIXTURES / "vgg_aib_cifar10_seed0.json").read_text())
+    manifest["npz"]["sha256"] = hashlib.sha256((tmp_path / "vgg_aib_cifar10_seed0.npz").read_bytes()).hexdigest()
+    (tmp_path / "vgg_aib_cifar10_seed0.json").write_text(json.dumps(manifest))  # a consistent, wrong fixture
+    report = parity.check_fixture(tmp_path / "vgg_aib_cifar10_seed0.json")
+    assert [c.key for c in report.comparisons if not c.passed] == ["logits"]
     assert parity.main([str(tmp_path / "vgg_aib_cifar10_seed0.json")]) == 1
 
 

@@ -1,12 +1,27 @@
-"""Parity with the official PyTorch models: ``python -m ib_attention_jax.interop.parity FIXTURE.json``.
+"""Parity with the official PyTorch code: ``python -m ib_attention_jax.interop.parity FIXTURE.json ...``.
 
-A fixture is a JSON manifest (official class, constructor, state_dict spec, seed) and
-an npz of the official model's outputs beside it. This builds the registered model,
-fills it with the manifest's synthetic weights, runs the zero-noise forward in
-inference mode, computes the official loss, prints the max abs and normwise error
-(max |ours - ref| / max |ref|) of every stored output and exits 1 if any is outside
-the tolerance: 2e-5 normwise for arrays, 1e-5 relative for scalars, anchor indices
-equal except where the stored boundary distance is below 1e-5. Fixtures of the attention
+A fixture is a JSON manifest and the npz beside it (its sha256 is in the manifest and
+checked first; an npz that does not match, cannot be read, lacks an output the
+manifest lists or leaves nothing to compare fails). Three kinds, told apart by the
+manifest:
+
+* forward fixtures (``official_parity/``): build the registered model, fill it with
+  the manifest's synthetic weights, run the zero-noise forward in inference mode,
+  compute the official loss, and compare every output the manifest lists: 2e-5
+  normwise (max |ours - ref| / max |ref|) for arrays, 1e-5 relative for scalars, anchor
+  indices equal except where the stored boundary distance is below 1e-5;
+* train-step fixtures (``official_train_step/``): two official training steps, run
+  with the official experiment's trainer (:mod:`train_parity`), compared with the
+  float32 records and, in a process with ``jax_enable_x64``, the float64 records,
+  under the manifest's tolerance classes (:mod:`train_records`);
+* the schedules fixture: every epoch's learning rate of every official recipe
+  (:mod:`schedule_parity`).
+
+The command prints one report per fixture (and precision) and exits 1 if any fails.
+``--precision`` picks the train-step records (default both; the other precision runs
+in a child process with ``JAX_ENABLE_X64`` set for it). Forward fixtures use the
+backend's convolution (``--conv-impl``, default ``auto``); train-step fixtures a direct
+one (default ``xla``), as their tolerances were calibrated with. Fixtures of the attention
 baselines' public code (LTPA, ABN) run through ``interop/baselines_parity.py``.
 """
 
@@ -14,9 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import os
 import pathlib
+import subprocess
 import sys
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,11 +43,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ib_attention_jax.interop import schedule_parity, train_parity
 from ib_attention_jax.interop.state_dict import from_state_dict
 from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 from ib_attention_jax.models.conv import CONV_IMPLS
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.objectives import aib_loss, kl_consistent_rows, kl_official_rows, official_objective
+
+FixtureError = train_parity.FixtureError
+PRECISIONS = ("float32", "float64")
 
 ARRAY_TOL = 2e-5  # normwise
 SCALAR_TOL = 1e-5  # relative
@@ -66,7 +89,7 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.comparisons)
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
 
     def format(self) -> str:
         lines = [f"{self.fixture}: model {self.model}",
@@ -74,30 +97,65 @@ class ParityReport:
         for c in self.comparisons:
             lines.append(f"  {c.key:28s} {c.max_abs:11.3e} {c.normwise:11.3e} {c.tolerance:8.0e}  "
                          f"{'ok' if c.passed else 'FAIL'}{'  ' + c.note if c.note else ''}")
+        tail = "" if self.comparisons else " (nothing to compare)"
         lines.append(f"  {'PASS' if self.passed else 'FAIL'}: {sum(c.passed for c in self.comparisons)}"
-                     f"/{len(self.comparisons)} outputs within tolerance")
+                     f"/{len(self.comparisons)} outputs within tolerance{tail}")
         return "\n".join(lines)
 
 
 def model_name_for(manifest: Mapping[str, Any]) -> str:
     """The registered model that reimplements the fixture's official class."""
     official = manifest["official"]
-    key = (official["file"], official["class_name"])
+    key = (official.get("file") or official.get("model_file"), official["class_name"])
     if key not in OFFICIAL_CLASSES:
         raise ValueError(f"no registered model for official class {key[1]} in {key[0]}")
     return OFFICIAL_CLASSES[key]
 
 
-def load_fixture(json_path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest and the reference arrays (the npz named in the manifest, beside the JSON)."""
+def read_manifest(json_path: str | pathlib.Path) -> dict[str, Any]:
+    """A fixture's JSON manifest; an unreadable one is a FixtureError naming the path."""
     json_path = pathlib.Path(json_path)
-    manifest = json.loads(json_path.read_text())
-    npz_path = json_path.parent / manifest["npz"]["file"]
+    try:
+        manifest = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FixtureError(f"{json_path}: not a readable fixture manifest ({type(err).__name__}: {err})") from None
+    if not isinstance(manifest, dict):
+        raise FixtureError(f"{json_path}: a fixture manifest is a JSON object")
+    return manifest
+
+
+def read_npz(json_path: str | pathlib.Path, manifest: Mapping[str, Any], entry: str = "npz") -> dict[str, np.ndarray]:
+    """The arrays of the npz the manifest's ``entry`` names (beside the JSON), after checking its sha256."""
+    json_path = pathlib.Path(json_path)
+    spec = manifest.get(entry)
+    if not isinstance(spec, Mapping) or not spec.get("file") or not spec.get("sha256"):
+        raise FixtureError(f"{json_path}: the manifest names no {entry} file with its sha256, so its reference "
+                           "arrays cannot be checked")
+    npz_path = json_path.parent / spec["file"]
     if not npz_path.exists():
         raise FileNotFoundError(f"{npz_path} not found: keep the fixture's npz beside its JSON")
-    with np.load(npz_path) as data:
-        refs = {k: data[k] for k in data.files}
-    return manifest, refs
+    digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
+    if digest != spec["sha256"]:
+        raise FixtureError(f"{npz_path}: sha256 {digest} does not match the manifest's {spec['sha256']}: this is "
+                           "not the npz the manifest describes; copy the fixture's JSON and npz together")
+    try:
+        with np.load(npz_path) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
+        raise FixtureError(f"{npz_path}: not a readable npz ({type(err).__name__}: {err}); copy the fixture "
+                           "again") from None
+
+
+def load_fixture(json_path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the reference arrays (the npz named in the manifest, beside the JSON, sha256 checked)."""
+    manifest = read_manifest(json_path)
+    return manifest, read_npz(json_path, manifest)
+
+
+def absent_outputs(manifest: Mapping[str, Any], refs: Mapping[str, np.ndarray]) -> list[Comparison]:
+    """A failing comparison for every output the manifest lists that its npz lacks."""
+    return [Comparison(key, float("nan"), float("nan"), 0.0, False, "listed in the manifest, absent from the npz")
+            for key in manifest.get("outputs", {}) if key not in NOT_COMPARED and key not in refs]
 
 
 def run_fixture_model(manifest: Mapping[str, Any], refs: Mapping[str, np.ndarray],
@@ -157,14 +215,16 @@ def compare(key: str, ours: np.ndarray, ref: np.ndarray, refs: Mapping[str, np.n
 
 
 def check_fixture(json_path: str | pathlib.Path, conv_impl: str = "auto") -> ParityReport:
-    """Runs one fixture and compares every stored output."""
+    """Runs one forward fixture and compares every output the manifest lists and the npz stores."""
     manifest, refs = load_fixture(json_path)
     from ib_attention_jax.interop import baselines_parity  # it imports this module
 
     if baselines_parity.is_baseline_fixture(manifest):  # LTPA and ABN, from their public code
         return baselines_parity.baseline_report(str(json_path), manifest, refs, conv_impl)
+    comparisons = absent_outputs(manifest, refs)
+    if all(key in NOT_COMPARED for key in refs):  # no reference output: nothing to run the model for
+        return ParityReport(str(json_path), model_name_for(manifest), comparisons)
     ours = run_fixture_model(manifest, refs, conv_impl)
-    comparisons = []
     for key in refs:
         if key in NOT_COMPARED:
             continue
@@ -175,17 +235,90 @@ def check_fixture(json_path: str | pathlib.Path, conv_impl: str = "auto") -> Par
     return ParityReport(str(json_path), model_name_for(manifest), comparisons)
 
 
+def fixture_kind(manifest: Mapping[str, Any]) -> str:
+    """``"schedules"``, ``"train_step"`` or ``"forward"``."""
+    if schedule_parity.is_schedules_manifest(manifest):
+        return "schedules"
+    if "state_entries" in manifest and "optimizer" in manifest:
+        return "train_step"
+    return "forward"
+
+
+def check_train_step(json_path: str | pathlib.Path, precision: str = "float32",
+                     conv_impl: str = train_parity.DEFAULT_CONV_IMPL) -> train_parity.ClassReport:
+    """Runs one train-step fixture against its ``precision`` records."""
+    manifest = read_manifest(json_path)
+    refs = read_npz(json_path, manifest, "npz" if precision == "float32" else "npz_float64")
+    return train_parity.check_train_fixture(manifest, refs, str(json_path), model_name_for(manifest), precision,
+                                            conv_impl)
+
+
+def check_schedules(json_path: str | pathlib.Path) -> train_parity.ClassReport:
+    """Runs the schedules fixture."""
+    manifest, refs = load_fixture(json_path)
+    return schedule_parity.check_schedules(manifest, refs, str(json_path))
+
+
+def check(json_path: str | pathlib.Path, precision: str = "float32", conv_impl: str | None = None):
+    """The report of one fixture (a forward or schedules fixture ignores ``precision``)."""
+    kind = fixture_kind(read_manifest(json_path))
+    if kind == "schedules":
+        return check_schedules(json_path)
+    if kind == "train_step":
+        return check_train_step(json_path, precision, conv_impl or train_parity.DEFAULT_CONV_IMPL)
+    return check_fixture(json_path, conv_impl or "auto")
+
+
+def _jobs(paths: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    """(fixture, precision) pairs: train-step fixtures at each precision, the others once in float32."""
+    jobs = []
+    for path in paths:
+        try:
+            kind = fixture_kind(read_manifest(path))
+        except FixtureError:
+            kind = "forward"  # reported when it runs
+        jobs += [(path, p) for p in precisions] if kind == "train_step" else [(path, "float32")]
+    return jobs
+
+
+def _run_child(paths: list[str], precision: str, conv_impl: str | None) -> int:
+    """Runs ``paths`` at ``precision`` in a fresh interpreter whose jax_enable_x64 matches it."""
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = dict(os.environ, JAX_ENABLE_X64="1" if precision == "float64" else "0",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    cmd = [sys.executable, "-m", "ib_attention_jax.interop.parity", "--precision", precision, *paths]
+    if conv_impl:
+        cmd += ["--conv-impl", conv_impl]
+    sys.stdout.flush()
+    return subprocess.run(cmd, env=env).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixtures", nargs="+", help="fixture JSON files (the npz beside each)")
-    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
+    parser.add_argument("--conv-impl", default=None, choices=CONV_IMPLS,
+                        help="convolution form (default: auto for forward fixtures, xla for train-step fixtures)")
+    parser.add_argument("--precision", default="both", choices=(*PRECISIONS, "both"),
+                        help="train-step records to compare (float64 runs with jax_enable_x64)")
     args = parser.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "highest")  # GPU/TPU: no TF32/bf16 matmuls
+    here = "float64" if jax.config.jax_enable_x64 else "float32"
+    jobs = _jobs(args.fixtures, list(PRECISIONS) if args.precision == "both" else [args.precision])
     ok = True
-    for path in args.fixtures:
-        report = check_fixture(path, args.conv_impl)
+    for path, precision in jobs:
+        if precision != here:
+            continue
+        try:
+            report = check(path, precision, args.conv_impl)
+        except (FixtureError, FileNotFoundError) as err:
+            print(f"{path}: cannot be checked: {err}\n  FAIL")
+            ok = False
+            continue
         print(report.format())
         ok &= report.passed
+    elsewhere = [path for path, precision in jobs if precision != here]
+    if elsewhere:
+        ok &= _run_child(elsewhere, "float64" if here == "float32" else "float32", args.conv_impl) == 0
     return 0 if ok else 1
 
 
