@@ -39,6 +39,7 @@ ROW_KEYS = ("variant", "seed", "test_accuracy_mc", "test_accuracy_mean", "pointi
 EXTRA_KEYS = ("anchor_perplexity", "probe_accuracy_latent", "probe_dataset", "steps", "train_wall_seconds",
               "probe_wall_seconds", "workdir")
 METRICS = ROW_KEYS[2:]  # the numeric columns, in table order
+PLOTTED = METRICS + ("probe_accuracy_latent",)  # what the bars and ablation curves show
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +244,7 @@ MD_COLUMNS = {"test_accuracy_mc": "accuracy MC %", "test_accuracy_mean": "accura
               "pointing_game": "pointing game %", "energy_in_box": "mass in box %", "box_area_fraction": "box area %",
               "deletion_auc": "deletion AUC", "deletion_auc_random": "deletion AUC random",
               "insertion_auc": "insertion AUC", "insertion_auc_random": "insertion AUC random",
-              "anchors_used": "anchors used", "probe_accuracy": "probe %"}
+              "anchors_used": "anchors used", "probe_accuracy": "probe %", "probe_accuracy_latent": "probe latent %"}
 
 
 def markdown_table(stats: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> str:
@@ -285,12 +286,12 @@ def write_outputs(root, preset: Preset, rows: Sequence[Mapping[str, Any]], seeds
     atomic_write_text(root / "comparison.md", md)
     figures: dict[str, tuple[bytes, str]] = {}
     plain = [v.name for v in preset.variants if v.group is None and v.name in variants]
-    if plain and (png := plots.comparison_bars(rows, METRICS, plain)):
+    if plain and (png := plots.comparison_bars(rows, PLOTTED, plain)):
         figures["comparison_metrics.png"] = (png, "Every metric per variant: bars at the mean over seeds, the "
                                                   "standard deviation as error bar, one dot per seed.")
     for group, label in preset.ablations.items():
         values = {v.name: v.value for v in preset.variants if v.group == group and v.name in variants}
-        if values and (png := plots.ablation_curves(rows, label, values, METRICS, log_x=True)):
+        if values and (png := plots.ablation_curves(rows, label, values, PLOTTED, log_x=True)):
             figures[f"ablation_{group}.png"] = (png, f"Every metric against {label} (mean ± std over seeds).")
     if (png := plots.comparison_curves(_mean_curves(rows, variants))):
         figures["deletion_insertion.png"] = (png, "Deletion and insertion curves, mean over seeds, per variant.")
