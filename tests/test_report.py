@@ -115,3 +115,22 @@ def test_formatting():
     assert format_value(0.123456) == "0.1235" and format_value("<b>") == "&lt;b&gt;"
     assert table_html(["a", "b"], [["x", 1.5]]) == (
         '<table><tr><th class="name">a</th><th>b</th></tr><tr><td class="name">x</td><td>1.5</td></tr></table>')
+
+
+def test_tensorboard_gets_the_overlay_grid_as_an_image(tmp_path):
+    from ib_attention_jax.evaluation.overlays import examples_grid
+    from ib_attention_jax.training.metrics import MetricWriter
+
+    rng = np.random.default_rng(0)
+    examples = {"image": rng.standard_normal((3, 32, 32, 3)), "attention": rng.random((3, 16, 16)),
+                "label": np.array([0, 1, 2]), "pred_mc": np.array([0, 1, 1])}
+    writer = MetricWriter(tmp_path, tensorboard=True)
+    writer.write_image(5, "eval/attention_overlays", examples_grid(examples, (0.5,) * 3, (0.5,) * 3))
+    writer.write_image(5, "eval/nothing", None)  # a model without maps: no image
+    writer.close()
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").iterdir())
+    assert b"eval/attention_overlays" in events and b"\x89PNG" in events and b"eval/nothing" not in events
+    off = MetricWriter(tmp_path / "off")
+    off.write_image(5, "eval/attention_overlays", np.zeros((4, 4, 3), np.uint8))  # TensorBoard off: ignored
+    off.close()
+    assert not (tmp_path / "off" / "tensorboard").exists()
