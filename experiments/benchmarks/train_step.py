@@ -4,6 +4,7 @@
     .venv/bin/python -m experiments.benchmarks.train_step --model vgg_aib --batch 32
     .venv/bin/python -m experiments.benchmarks.train_step --model wrn_aib --batch 32 --steps 3 --repeats 3
     .venv/bin/python -m experiments.benchmarks.train_step --model vgg_aib --batch 32 --no-torch
+    python -m experiments.benchmarks.train_step --model wrn_aib --batch 128 --dtype bfloat16 --torch-channels-last
 
 Both sides train the same model from the same weights (the JAX init, exported with
 ``interop.to_state_dict`` and loaded into ``interop.torch_reference`` with strict=True)
@@ -11,7 +12,8 @@ on one fixed random batch (no input pipeline), with the official CIFAR recipe: S
 lr 0.01, momentum 0.9, weight decay 5e-4 (coupled, as torch.optim.SGD), the official
 loss (CE/ln2 + beta*c*KL/ln2 (+ 0.4 vq + 0.1 commit)), num_sample 1, train mode.
 
-JAX: ``create_model(name, 10, bn_axis_name='data')``, ``make_train_step`` with
+JAX: the training loop's ``build_model`` (``half_precision`` for ``--dtype bfloat16``: bfloat16
+compute, float32 parameters), ``make_train_step`` with
 ``official_objective(name)``, run by ``Runner('shard_map', jax.devices()[:1])``. The
 compile time is lower + compile of that step; the step's FLOPs come from XLA's
 ``cost_analysis()['flops']`` (its count includes elementwise work); the torch step's
@@ -33,6 +35,14 @@ compile, first step, measured before torch allocates anything; torch: model, fir
 step and warm-up, measured by resetting the kernel's high-water mark VmHWM); XLA's
 buffer sizes of the compiled step (``memory_analysis()``) and ``memory_stats()`` of the
 JAX device where the backend has them (not on CPU).
+
+On a GPU (``--torch-device auto`` puts torch on CUDA when it sees one) the timed runs
+synchronise the device before the clock is read, torch runs with ``cudnn.benchmark``
+(fixed shapes: it picks the fastest convolution algorithms, as XLA's autotuner does)
+and, with ``--torch-channels-last``, NHWC tensors (what AMP users run); ``--dtype
+bfloat16`` is ``torch.autocast`` there. JAX does not preallocate the GPU's memory
+(``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set), so both fit; device memory is
+``peak_bytes_in_use`` of the JAX device and ``torch.cuda.max_memory_allocated``.
 
 Run as a program it restarts itself with transparent huge pages for ``malloc``
 (``ib_attention_jax.cpu_memory``; both frameworks allocate through it), unless
@@ -112,6 +122,68 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def xla_flops(compiled: Any) -> tuple[float | None, str]:
+    """FLOPs of a compiled XLA program by its ``cost_analysis()`` and where the number came from."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception as err:
+        return None, f"unavailable ({type(err).__name__})"
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return (float(flops), "xla cost_analysis") if flops else (None, "unavailable (no 'flops' key)")
+
+
+def xla_buffers_mb(compiled: Any) -> dict[str, float] | None:
+    """XLA's buffer sizes of a compiled program (MiB): arguments, outputs, temporaries."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        return None
+    if m is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    return {f.replace("_size_in_bytes", "_mb"): round(getattr(m, f) / 2**20, 1) for f in fields if hasattr(m, f)}
+
+
+def jax_memory_stats(device: Any) -> dict[str, Any] | None:
+    """The device allocator's statistics (GPU, TPU); None where the backend keeps none (CPU)."""
+    try:
+        return device.memory_stats()
+    except Exception:
+        return None
+
+
+def jax_peak_device_mb(device: Any) -> float | None:
+    """The most device memory this process's JAX allocator has held since it started (MiB)."""
+    peak = (jax_memory_stats(device) or {}).get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**20, 1)
+
+
+def device_name(device: Any) -> str:
+    """``platform: model`` of a JAX device (the processor's name on CPU)."""
+    return f"{device.platform}: {cpu_name() if device.platform == 'cpu' else device.device_kind}"
+
+
+def versions(with_torch: bool) -> dict[str, str]:
+    """Python, jax, jaxlib (and torch) versions."""
+    import jax
+
+    out = {"jax": jax.__version__, "python": sys.version.split()[0]}
+    try:
+        import jaxlib
+
+        out["jaxlib"] = jaxlib.__version__
+    except ImportError:
+        pass
+    if with_torch:
+        import torch
+
+        out["torch"] = torch.__version__
+    return out
+
+
 def limit_cpus(threads: int) -> list[int]:
     """Pins the process to ``threads`` CPUs when it may use more; returns the CPUs it runs on."""
     allowed = sorted(os.sched_getaffinity(0))
@@ -143,9 +215,10 @@ class JaxBench(Bench):
                  images: np.ndarray, labels: np.ndarray) -> None:
         import jax
         import jax.numpy as jnp
+        import ml_collections
 
-        from ib_attention_jax import create_model
         from ib_attention_jax.objectives import official_objective
+        from ib_attention_jax.training.loop import build_model
         from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
         from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
         from ib_attention_jax.training.state import TrainState
@@ -153,10 +226,9 @@ class JaxBench(Bench):
 
         self.name, self.setup, self.runs, self.losses = "jax", {}, [], []
         self._jax = jax
-        kwargs: dict[str, Any] = {"bn_axis_name": "data", "conv_impl": conv_impl}
-        if dtype == "bfloat16":
-            kwargs["dtype"] = jnp.bfloat16
-        self.model = create_model(model_name, NUM_CLASSES, **kwargs)
+        config = ml_collections.ConfigDict({"model": model_name, "model_kwargs": {"conv_impl": conv_impl},
+                                            "half_precision": dtype == "bfloat16"})
+        self.model = build_model(config, NUM_CLASSES, axis_name="data")  # the training loop's model
         init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
         t = time.perf_counter()
         self.variables = jax.jit(lambda k: self.model.init(k, jnp.zeros((1, 32, 32, 3)), deterministic=True))(
@@ -172,40 +244,22 @@ class JaxBench(Bench):
         t = time.perf_counter()
         self.step = step.lower(self.state, self.batch).compile()  # the Runner's jit, compiled once
         self.setup["compile_s"] = time.perf_counter() - t
-        self.step_flops, self.flops_source = self._xla_flops()
+        self.step_flops, self.flops_source = xla_flops(self.step)
         t = time.perf_counter()
         self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready(self.state)
         self.setup["first_step_s"] = time.perf_counter() - t
         self.losses.append(float(metrics["total"]))
 
-    def _xla_flops(self) -> tuple[float | None, str]:
-        try:
-            cost = self.step.cost_analysis()
-        except Exception as err:
-            return None, f"unavailable ({type(err).__name__})"
-        if isinstance(cost, list | tuple):
-            cost = cost[0] if cost else {}
-        flops = (cost or {}).get("flops")
-        return (float(flops), "xla cost_analysis") if flops else (None, "unavailable (no 'flops' key)")
-
     def memory_analysis(self) -> dict[str, float] | None:
         """XLA's buffer sizes of the compiled step (MiB): arguments, outputs, temporaries."""
-        try:
-            m = self.step.memory_analysis()
-        except Exception:
-            return None
-        if m is None:
-            return None
-        fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-                  "generated_code_size_in_bytes")
-        return {f.replace("_size_in_bytes", "_mb"): round(getattr(m, f) / 2**20, 1) for f in fields if hasattr(m, f)}
+        return xla_buffers_mb(self.step)
 
     def memory_stats(self) -> dict[str, Any] | None:
-        try:
-            return self._jax.devices()[0].memory_stats()
-        except Exception:
-            return None
+        return jax_memory_stats(self._jax.devices()[0])
+
+    def peak_device_mb(self) -> float | None:
+        return jax_peak_device_mb(self._jax.devices()[0])
 
     def run(self, steps: int) -> float:
         t = time.perf_counter()
@@ -217,11 +271,25 @@ class JaxBench(Bench):
         return elapsed
 
 
+def torch_device(requested: str) -> str:
+    """``cuda`` when asked for, or for ``auto`` when torch sees a GPU; else ``cpu``."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--torch-device cuda: this torch sees no CUDA device (torch.cuda.is_available() is False)")
+    return requested
+
+
 class TorchBench(Bench):
-    """The PyTorch reference module trained with torch.optim.SGD and the official loss."""
+    """The PyTorch reference module trained with torch.optim.SGD and the official loss.
+
+    On CUDA: ``cudnn.benchmark`` on, ``channels_last`` optional, bfloat16 by ``torch.autocast``.
+    """
 
     def __init__(self, model_name: str, dtype: str, threads: int, state_dict: dict[str, np.ndarray],
-                 images: np.ndarray, labels: np.ndarray) -> None:
+                 images: np.ndarray, labels: np.ndarray, device: str = "cpu", channels_last: bool = False) -> None:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -229,20 +297,30 @@ class TorchBench(Bench):
 
         self.name, self.setup, self.runs, self.losses = "torch", {}, [], []
         self._torch, self._ref = torch, torch_reference
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.cuda = self.device.type == "cuda"
         torch.set_num_threads(threads)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.cuda.reset_peak_memory_stats(self.device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         t = time.perf_counter()
         self.model = torch_reference.create_torch_model(model_name, NUM_CLASSES)
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
+        self.model.to(self.device, memory_format=memory_format)
         self.model.train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=RECIPE["learning_rate"], momentum=RECIPE["momentum"],
                                    weight_decay=RECIPE["weight_decay"])
-        self.x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-        self.y = torch.from_numpy(labels.astype(np.int64))
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NCHW
+        self.x = x.to(self.device).contiguous(memory_format=memory_format)
+        self.y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         self.autocast = dtype == "bfloat16"
+        self._sync()
         self.setup["init_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with FlopCounterMode(display=False) as counter:
             loss = self._step()
+        self._sync()
         self.setup["first_step_s"] = time.perf_counter() - t
         self.losses.append(float(loss))
         self.step_flops, self.flops_source = float(counter.get_total_flops()), "torch flop_counter (conv/matmul)"
@@ -250,17 +328,40 @@ class TorchBench(Bench):
     def _step(self):
         torch = self._torch
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             output = self.model(self.x, num_sample=1)
             total, _ = self._ref.loss(self.model, output, self.y)
         total.backward()
         self.opt.step()
         return total.detach()
 
+    def _sync(self) -> None:
+        if self.cuda:
+            self._torch.cuda.synchronize(self.device)
+
+    def peak_device_mb(self) -> float | None:
+        """torch.cuda.max_memory_allocated since this bench was set up (MiB); None on CPU."""
+        if not self.cuda:
+            return None
+        return round(self._torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides torch's speed beside the model: device, memory format, autocast, TF32 and cuDNN."""
+        backends = self._torch.backends
+        out: dict[str, Any] = {"device": str(self.device), "channels_last": self.channels_last,
+                               "autocast_bfloat16": self.autocast}
+        if self.cuda:
+            out.update(cudnn_benchmark=backends.cudnn.benchmark, cudnn_allow_tf32=backends.cudnn.allow_tf32,
+                       matmul_allow_tf32=backends.cuda.matmul.allow_tf32,
+                       gpu=self._torch.cuda.get_device_name(self.device))
+        return out
+
     def run(self, steps: int) -> float:
+        self._sync()
         t = time.perf_counter()
         for _ in range(steps):
             loss = self._step()
+        self._sync()
         elapsed = time.perf_counter() - t
         self.losses.append(float(loss))
         return elapsed
@@ -313,6 +414,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="JAX convolution form (auto: on CPU Winograd for wide 3x3 stride-1 convolutions and "
                              "slices for the rest, XLA's conv elsewhere)")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX step only")
+    parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where torch trains (auto: CUDA when torch sees a GPU)")
+    parser.add_argument("--torch-channels-last", action="store_true",
+                        help="torch model and batch in channels_last (NHWC) memory format")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.batch, args.repeats, args.steps, args.threads) < 1 or args.warmup < 0:
@@ -323,10 +428,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cpus = limit_cpus(args.threads)  # before jax creates its CPU client
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # a GPU shared with torch; peaks measured
     load_start = os.getloadavg()
     import jax
 
     from ib_attention_jax.interop import to_state_dict
+    from ib_attention_jax.training import loop  # noqa: F401 (its imports before the memory baseline)
 
     if not args.no_torch:
         import torch  # noqa: F401 (imported before the memory baseline, like jax)
@@ -336,8 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     labels = np.arange(args.batch) % NUM_CLASSES
     rss_base = rss_mb()
 
-    print(f"{args.model}, batch {args.batch}, {args.dtype}, {args.threads} threads on CPUs {cpus}, "
-          f"load average {load_start[0]:.2f}; building and compiling the JAX step...", flush=True)
+    print(f"{args.model}, batch {args.batch}, {args.dtype}, {device_name(jax.devices()[0])}, {args.threads} threads "
+          f"on CPUs {cpus}, load average {load_start[0]:.2f}; building and compiling the JAX step...", flush=True)
     jb = JaxBench(args.model, args.batch, args.dtype, args.conv_impl, args.seed, images, labels)
     jax_peak = peak_rss_mb()  # nothing of torch allocated yet
     jb.peak_added_mb = None if rss_base is None else round(jax_peak - rss_base, 1)
@@ -347,14 +454,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_torch:
         state_dict = to_state_dict(jb.model, jb.variables)
         rss_before, can_reset = rss_mb(), reset_peak_rss()
-        tb = TorchBench(args.model, args.dtype, args.threads, state_dict, images, labels)
+        tb = TorchBench(args.model, args.dtype, args.threads, state_dict, images, labels,
+                        torch_device(args.torch_device), args.torch_channels_last)
         del state_dict
         for _ in range(args.warmup):
             tb.run(1)
         hwm = phase_peak_mb()
         if can_reset and hwm is not None and rss_before is not None:
             tb.peak_added_mb = round(hwm - rss_before, 1)
-        print(f"  torch: first step (with FLOP counting) {tb.setup['first_step_s']:.1f} s", flush=True)
+        print(f"  torch ({tb.device}): first step (with FLOP counting) {tb.setup['first_step_s']:.1f} s", flush=True)
         benches.append(tb)
     del jb.variables  # the JAX state lives in jb.state
     for _ in range(args.warmup):
@@ -377,17 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"jax at the model's direct-convolution FLOP count (torch's): {direct:.1f} GFLOP/s")
 
     j, t = rows["jax"], rows.get("torch")
-    versions = {"jax": jax.__version__, "python": sys.version.split()[0]}
-    try:
-        import jaxlib
-
-        versions["jaxlib"] = jaxlib.__version__
-    except ImportError:
-        pass
-    if t is not None:
-        import torch
-
-        versions["torch"] = torch.__version__
+    tb = next((b for b in benches if isinstance(b, TorchBench)), None)
     result = {
         "model": args.model, "batch": args.batch,
         "jax_img_per_s": round(j["img_per_s"], 3),
@@ -407,13 +505,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base_rss_mb": None if rss_base is None else round(rss_base, 1), "jax_peak_added_mb": j["peak_added_mb"],
         "torch_peak_added_mb": None if t is None else t["peak_added_mb"],
         "jax_buffers_mb": jb.memory_analysis(), "jax_memory_stats": jb.memory_stats(),
+        "jax_peak_device_mb": jb.peak_device_mb(), "torch_peak_device_mb": None if tb is None else tb.peak_device_mb(),
+        "jax_matmul_precision": jax.config.jax_default_matmul_precision or "default",
+        "torch_settings": None if tb is None else tb.settings(),
         "jax_losses": j["losses"], "torch_losses": None if t is None else t["losses"],
         "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
         "cpus": cpus, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "dtype": args.dtype,
         "conv_impl": args.conv_impl,
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in load_end],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{jax.devices()[0].platform}: {cpu_name()}", "versions": versions,
+        "device": device_name(jax.devices()[0]), "host_cpu": cpu_name(), "versions": versions(t is not None),
     }
     print(json.dumps(result))
     return result
