@@ -1,4 +1,5 @@
-"""The benchmark helpers that decide what is measured: the step profile's convolution stand-in, the FLOP rates."""
+"""The benchmark helpers that decide what is measured: the step profile's convolution stand-in, the FLOP rates,
+the memory figures and the PyTorch bench's device settings."""
 
 import jax
 import jax.numpy as jnp
@@ -37,3 +38,65 @@ def test_direct_gflops_rates_jax_by_torchs_flops_per_image():
     assert direct_gflops(rows) == pytest.approx(200.0)
     assert direct_gflops({"jax": rows["jax"]}) is None
     assert direct_gflops({**rows, "torch": {"img_per_s": 1.0, "gflops": None}}) is None
+
+
+# -- train_step.py: what the accelerator benchmark reads ------------------------------------------
+class _Device:
+    def __init__(self, stats=None, error=False):
+        self.stats, self.error = stats, error
+
+    def memory_stats(self):
+        if self.error:
+            raise RuntimeError("no allocator statistics")
+        return self.stats
+
+
+def test_xla_flops_reads_the_compiled_programs_cost_and_says_when_it_cannot():
+    from experiments.benchmarks.train_step import xla_flops
+
+    compiled = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 32)), jnp.ones((32, 16))).compile()
+    flops, source = xla_flops(compiled)
+    assert flops == pytest.approx(2 * 64 * 32 * 16, rel=0.05) and source == "xla cost_analysis"
+    assert xla_flops(object()) == (None, "unavailable (AttributeError)")
+
+
+def test_device_peak_memory_is_the_allocators_peak_or_none():
+    from experiments.benchmarks.train_step import jax_peak_device_mb
+
+    assert jax_peak_device_mb(_Device({"peak_bytes_in_use": 3 * 2**20, "bytes_in_use": 2**20})) == 3.0
+    assert jax_peak_device_mb(_Device(None)) is None  # CPU: no allocator statistics
+    assert jax_peak_device_mb(_Device(error=True)) is None
+
+
+def test_torch_device_falls_back_to_cpu_and_refuses_a_missing_gpu():
+    torch = pytest.importorskip("torch", reason="choosing torch's device needs torch")
+    from experiments.benchmarks.train_step import torch_device
+
+    assert torch_device("cpu") == "cpu"
+    assert torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="sees no CUDA device"):
+            torch_device("cuda")
+
+
+def test_torch_bench_in_channels_last_and_bfloat16_trains_the_same_model():
+    torch = pytest.importorskip("torch", reason="the PyTorch side of the benchmark needs torch")
+    from experiments.benchmarks.train_step import TorchBench
+    from ib_attention_jax.interop import torch_reference
+
+    torch.manual_seed(0)
+    state_dict = {k: v.numpy().copy() for k, v in torch_reference.create_torch_model("vgg_aib").state_dict().items()}
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((2, 32, 32, 3)).astype(np.float32), np.array([3, 7])
+    losses = {}
+    for name, dtype, channels_last in [("plain", "float32", False), ("nhwc", "float32", True),
+                                       ("amp", "bfloat16", True)]:
+        torch.manual_seed(1)  # the same attention and latent noise
+        bench = TorchBench("vgg_aib", dtype, 2, state_dict, images, labels, "cpu", channels_last)
+        assert bench.x.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert bench.settings() == {"device": "cpu", "channels_last": channels_last,
+                                    "autocast_bfloat16": dtype == "bfloat16"}
+        assert bench.peak_device_mb() is None and bench.step_flops > 0
+        losses[name] = bench.losses[0]
+    assert losses["nhwc"] == pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["amp"] == pytest.approx(losses["plain"], rel=5e-2)  # bfloat16 keeps about 3 digits
