@@ -1,6 +1,6 @@
 """One command for an accelerator: parity at full precision, the train steps against PyTorch, the quickstart rate.
 
-    python -m experiments.benchmarks.accelerator --out workdir/accelerator.json     # on a GPU: ~7 minutes
+    python -m experiments.benchmarks.accelerator --out workdir/accelerator.json     # on a GPU: <= 7.5 minutes
     python -m experiments.benchmarks.accelerator --tiny                             # anywhere: tiny sizes
     bash experiments/benchmarks/run_on_gpu.sh        # a GPU machine without network (wheels: gpu_wheels.sh)
 
@@ -89,7 +89,7 @@ class Sizes:
 
 
 FULL = Sizes(batch=128, steps=20, repeats=3, warmup=2, quickstart_batch=None, quickstart_warmup=5,
-             quickstart_steps=100, time_budget_s=420, train_cap_s=150, train_min_s=40, quickstart_cap_s=90,
+             quickstart_steps=100, time_budget_s=440, train_cap_s=150, train_min_s=40, quickstart_cap_s=90,
              quickstart_min_s=25, parity_min_s=45)
 TINY = Sizes(batch=2, steps=1, repeats=1, warmup=0, quickstart_batch=8, quickstart_warmup=1, quickstart_steps=2,
              time_budget_s=300, train_cap_s=150, train_min_s=10, quickstart_cap_s=90, quickstart_min_s=10,
@@ -235,7 +235,7 @@ def run_train_step(model: str, dtype: str, sizes: Sizes, box_s: float, threads: 
     result = last_json_line(child.output) if child.returncode == 0 else None
     row = train_row(result, peak_tflops) if result else {"model": model, "dtype": dtype, **failure(child, box_s)}
     if result and not torch:
-        row["torch"] = {"skipped": "torch not run (--no-torch, or torch is not installed)"}
+        row["torch"] = {"skipped": "torch not run (--no-torch, torch not installed, or the run with it failed)"}
     row["wall_s"] = child.seconds
     return row
 
@@ -385,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_true", help="tiny sizes (the default without a GPU or TPU)")
     size.add_argument("--full", action="store_true", help="the real sizes (the default on a GPU or TPU)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds for the whole run (default 420 full, 300 tiny); parts past it are skipped")
+                        help="seconds for the whole run (default 440 full, 300 tiny); parts past it are skipped")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's dense bfloat16 peak in TFLOP/s (default: known chips, PEAK_BF16_TFLOPS)")
     parser.add_argument("--models", default="vgg_aib,wrn_aib", help="comma-separated models of the train-step part")
@@ -469,6 +469,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else:
                     print(f"== train step {model} {dtype}, batch {sizes.batch} (box {box:.0f} s)", flush=True)
                     row = run_train_step(model, dtype, sizes, box, threads, torch, peak)
+                    retry_box = budget.box(sizes.train_cap_s, reserve("train_step") + later_configs)
+                    if row["status"] == "failed" and torch and retry_box >= sizes.train_min_s:
+                        print(f"== train step {model} {dtype} again, JAX alone (box {retry_box:.0f} s)", flush=True)
+                        retry = run_train_step(model, dtype, sizes, retry_box, threads, False, peak)
+                        retry["torch"] = {"failed": row["reason"], "output_tail": row.get("output_tail")}
+                        row = retry
                 result["train_step"]["rows"].append(row)
                 result["train_step"]["wall_s"] = round(time.monotonic() - t, 1)
                 save()

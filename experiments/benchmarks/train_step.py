@@ -350,9 +350,11 @@ class TorchBench(Bench):
         backends = self._torch.backends
         out: dict[str, Any] = {"device": str(self.device), "channels_last": self.channels_last,
                                "autocast_bfloat16": self.autocast}
-        if self.cuda:
-            out.update(cudnn_benchmark=backends.cudnn.benchmark, cudnn_allow_tf32=backends.cudnn.allow_tf32,
-                       matmul_allow_tf32=backends.cuda.matmul.allow_tf32,
+        if self.cuda:  # getattr: these flags move between torch versions, and a missing one must not cost the run
+            out.update(cudnn_benchmark=backends.cudnn.benchmark,
+                       cudnn_allow_tf32=getattr(backends.cudnn, "allow_tf32", None),
+                       matmul_allow_tf32=getattr(backends.cuda.matmul, "allow_tf32", None),
+                       float32_matmul_precision=self._torch.get_float32_matmul_precision(),
                        gpu=self._torch.cuda.get_device_name(self.device))
         return out
 
