@@ -19,7 +19,9 @@ end) with three sections:
   images/s, achieved TFLOP/s (JAX: XLA's cost analysis of the compiled step; PyTorch: its
   FLOP counter's count of convolutions and matmuls) and their share of the chip's dense
   bfloat16 peak, peak device memory (``peak_bytes_in_use``; ``max_memory_allocated``), the
-  compile time; the JAX/PyTorch ratio;
+  compile time; the JAX/PyTorch ratio. float32 runs as each framework does by default (XLA's
+  DEFAULT precision and cuDNN's convolutions may use TF32 tensor cores); the JSON records
+  JAX's matmul precision and torch's TF32 flags;
 * ``quickstart``: the quickstart recipe's training rate on the embedded dataset, built in
   a temporary folder (``quickstart_rate.py``).
 
