@@ -21,7 +21,7 @@ The command prints one report per fixture (and precision) and exits 1 if any fai
 ``--precision`` picks the train-step records (default both; the other precision runs
 in a child process with ``JAX_ENABLE_X64`` set for it). Forward fixtures use the
 backend's convolution (``--conv-impl``, default ``auto``); train-step fixtures a direct
-one (default ``xla``), as their tolerances were calibrated with. Fixtures of the attention
+one (default ``slices``), as their tolerances were calibrated with. Fixtures of the attention
 baselines' public code (LTPA, ABN) run through ``interop/baselines_parity.py``.
 """
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fixtures", nargs="+", help="fixture JSON files (the npz beside each)")
     parser.add_argument("--conv-impl", default=None, choices=CONV_IMPLS,
-                        help="convolution form (default: auto for forward fixtures, xla for train-step fixtures)")
+                        help="convolution form (default: auto for forward fixtures, slices for train-step fixtures)")
     parser.add_argument("--precision", default="both", choices=(*PRECISIONS, "both"),
                         help="train-step records to compare (float64 runs with jax_enable_x64)")
     args = parser.parse_args(argv)
