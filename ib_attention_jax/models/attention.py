@@ -61,7 +61,6 @@ class VariationalAttention(nn.Module):
     std_kernel_init: Any = xavier_uniform_relu
     std_bias_init: Any = nn.initializers.zeros_init()
     conv_impl: str = "auto"
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, features: Array, *, num_samples: int = 1, deterministic: bool = False,
