@@ -130,6 +130,9 @@ def test_presets_and_overrides():
     assert sorted(v.value for v in ablation if v.group == "beta") == [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     anchors = {v.name: run_config(v, 0, None, {}) for v in ablation if v.group == "anchors"}
     assert [c.model_kwargs.num_anchors for c in anchors.values()] == [2, 4, 8, 12, 20]
+    baselines = {v.name: run_config(v, 0, None, {}).model for v in PRESETS["cluttered_digits_baselines"].variants}
+    assert baselines == {"aib": "small_aib", "aib_qt": "small_aib_qt", "ltpa": "small_ltpa", "abn": "small_abn",
+                         "plain": "small_plain"}
     vgg = {v.name: run_config(v, 0, None, {}).model for v in PRESETS["cifar10_vgg"].variants}
     assert vgg == {"aib": "vgg_aib", "plain": "vgg_plain", "aib_qt": "vgg_aib_qt"}
     wrn = {v.name: run_config(v, 0, None, {}).model for v in PRESETS["cifar10_wrn"].variants}

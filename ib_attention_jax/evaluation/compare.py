@@ -92,6 +92,15 @@ def _quickstart_variants() -> tuple[Variant, ...]:
             Variant("aib_beta0", _with(lambda: quickstart("small_aib"), **{"objective.beta": 0.0})))
 
 
+def _baseline_variants() -> tuple[Variant, ...]:
+    """AIB beside the attention methods it is compared with, all on the quickstart recipe."""
+    return (Variant("aib", _with(lambda: quickstart("small_aib"))),
+            Variant("aib_qt", _with(lambda: quickstart("small_aib_qt"))),
+            Variant("ltpa", _with(lambda: quickstart("small_ltpa"))),
+            Variant("abn", _with(lambda: quickstart("small_abn"))),
+            Variant("plain", _with(lambda: quickstart("small_plain"))))
+
+
 def _ablation_variants() -> tuple[Variant, ...]:
     betas = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     anchors = (2, 4, 8, 12, 20)
@@ -121,6 +130,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cluttered_digits", "AIB, AIB with anchors, the plain baseline and AIB with beta = 0 (the attention "
            "without the bottleneck's pressure), each the quickstart recipe (small models, 4 epochs, CPU).",
            _quickstart_variants()),
+    Preset("cluttered_digits_baselines", "AIB and AIB-QT against the attention baselines LTPA (softmax maps, "
+           "weighted sums) and ABN (attention and perception branches) and the plain backbone, each the quickstart "
+           "recipe on the small models.", _baseline_variants()),
     Preset("cluttered_digits_ablation", "The paper's two ablations with the quickstart recipe: beta from 1e-3 to "
            "1e-1 (small_aib) and the number of anchors from 2 to 20 (small_aib_qt).", _ablation_variants(),
            ablations={"beta": "beta", "anchors": "number of anchors"}),
