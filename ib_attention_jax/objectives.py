@@ -11,6 +11,9 @@ Two KL forms:
 The official runs measure CE and KL in bits (divided by ln 2) and scale the KL by a
 per-backbone factor c (0.5 for the CIFAR VGG, 1 otherwise):
 ``total = CE/ln2 + beta * c * KL/ln2 (+ vq_coef * vq + commit_coef * commit)``.
+``ObjectiveConfig()`` is not that: its defaults are neutral for a new backbone (the consistent KL,
+nats, c = 1); :func:`official_objective` and the official configs set the official values
+explicitly.
 
 The attention baselines use the same function: LTPA's loss is its cross entropy, ABN's
 adds the cross entropy of its attention-branch logits (``output.aux_logits``, weight
@@ -37,12 +40,19 @@ UNITS = ("bits", "nats")
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """Weights and forms of the loss terms; the defaults are the official CIFAR-VGG ones."""
+    """Weights and forms of the loss terms.
+
+    The defaults carry no backbone's constants: ``info_factor`` 1 (no extra scale on beta), the KL
+    of the distribution that is sampled (``"consistent"``) and nats. ``beta`` 0.01 and the anchor
+    weights 0.4 / 0.1 are the method's own values, used by every official recipe. A run that
+    reproduces an official one takes :func:`official_objective` (``kl_form="official"``, bits and the
+    backbone's c, 0.5 for the CIFAR VGG).
+    """
 
     beta: float = 1e-2
-    info_factor: float = 0.5  # the official c: 0.5 for the CIFAR VGG, 1 for WRN and CUB
-    kl_form: str = "official"
-    units: str = "bits"
+    info_factor: float = 1.0  # c in beta * c * KL; the official runs: 0.5 for the CIFAR VGG, 1 for WRN and CUB
+    kl_form: str = "consistent"  # "official": the KL form of the official code (module docstring)
+    units: str = "nats"  # "bits": CE and KL divided by ln 2, as the official runs log and train them
     vq_coef: float = 0.4
     commit_coef: float = 0.1
     aux_coef: float = 1.0  # weight of an auxiliary classifier's cross entropy (ABN's attention branch: 1)
@@ -85,17 +95,21 @@ def kl_rows(mean: Array, std: Array, form: str = "official") -> Array:
     raise ValueError(f"kl_form must be one of {KL_FORMS}, got {form!r}")
 
 
+def masked_mean(values: Array, mask: Array | None = None) -> Array:
+    """Mean of ``values`` (rows,), or over the rows where ``mask`` is true (0 when none is)."""
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     """Mean softmax cross-entropy (nats) over the batch, or over ``mask`` where given."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels)
-    if mask is None:
-        return jnp.mean(ce)
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels), mask)
 
 
 def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = ObjectiveConfig(),
-             beta: Array | float | None = None) -> tuple[Array, dict[str, Array]]:
+             beta: Array | float | None = None, mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """Total loss and its parts for a model output and integer labels.
 
     Parts: ``ce`` and ``kl`` (nats, as computed), ``class_loss`` and ``info_loss`` (in
@@ -106,16 +120,26 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
     quantiser losses and totals are at least float32 whatever the compute dtype.
     Plain classifiers (no latent) get only the cross-entropy. ``beta`` overrides
     ``config.beta`` (a traced value for a warm-up schedule).
+
+    ``mask`` (b,) marks the real examples of a padded batch: the cross entropies are means over
+    them and the KL a mean over their latent rows (row ``s*b + i`` belongs to example i), so
+    padding changes nothing. The quantiser losses are the model's means over the whole map batch.
     """
     beta = config.beta if beta is None else beta
     scale = config.unit_scale
-    ce = cross_entropy(output.logits, labels)
+    if output.logits is None:
+        raise ValueError("aib_loss needs logits: this output has none (an AIBHead without a decoder); "
+                         "give the head num_classes or a decoder, or write the loss on output.latent")
+    if mask is not None and mask.shape != labels.shape:
+        raise ValueError(f"mask must have the labels' shape {tuple(labels.shape)}, got {tuple(mask.shape)}")
+    ce = cross_entropy(output.logits, labels, mask)
     parts: dict[str, Array] = {"ce": ce, "class_loss": ce * scale}
     total = parts["class_loss"]
     if output.latent is not None:
         mean = at_least_float32(output.latent.mean)
         std = at_least_float32(output.latent.std)
-        kl = jnp.mean(kl_rows(mean, std, config.kl_form))
+        rows = kl_rows(mean, std, config.kl_form)  # (n * b,), sample-major
+        kl = masked_mean(rows, None if mask is None else jnp.tile(mask, rows.shape[0] // mask.shape[0]))
         parts["kl"] = kl
         parts["info_loss"] = config.info_factor * kl * scale
         total = total + beta * parts["info_loss"]
@@ -126,17 +150,20 @@ def aib_loss(output: ModelOutput, labels: Array, config: ObjectiveConfig = Objec
         parts["qt_loss"] = config.vq_coef * q.vq_loss + config.commit_coef * q.commit_loss
         total = total + parts["qt_loss"]
     if output.aux_logits is not None:
-        parts["aux_ce"] = cross_entropy(output.aux_logits, labels)
+        parts["aux_ce"] = cross_entropy(output.aux_logits, labels, mask)
         parts["aux_loss"] = config.aux_coef * parts["aux_ce"] * scale
         total = total + parts["aux_loss"]
     parts["total"] = total
     return total, parts
 
 
+OFFICIAL = dict(beta=1e-2, kl_form="official", units="bits", vq_coef=0.4, commit_coef=0.1)  # c: per backbone
+
+
 def official_objective(model_name: str, **overrides: float | str) -> ObjectiveConfig:
-    """The official objective of a registered model (its factor c), with overrides."""
+    """The official objective of a registered model: :data:`OFFICIAL` with its factor c, and overrides."""
     from ib_attention_jax.models.registry import get_spec
 
-    kwargs: dict = {"info_factor": get_spec(model_name).info_factor}
+    kwargs: dict = {**OFFICIAL, "info_factor": get_spec(model_name).info_factor}
     kwargs.update(overrides)
     return ObjectiveConfig(**kwargs)

@@ -110,7 +110,7 @@ def test_cross_entropy_matches_numpy_and_masks():
 @pytest.mark.parametrize("kl_form", ["official", "consistent"])
 def test_aib_loss_parts_in_bits(kl_form):
     out, labels = _output()
-    cfg = ObjectiveConfig(beta=0.3, info_factor=0.5, kl_form=kl_form, vq_coef=0.4, commit_coef=0.1)
+    cfg = ObjectiveConfig(beta=0.3, info_factor=0.5, kl_form=kl_form, units="bits", vq_coef=0.4, commit_coef=0.1)
     total, parts = aib_loss(out, labels, cfg)
     assert set(parts) == {"ce", "class_loss", "kl", "info_loss", "vq_loss", "commit_loss", "qt_loss", "total"}
     ce = _np_ce(out.logits, labels)
@@ -153,15 +153,49 @@ def test_beta_zero_leaves_only_the_class_loss():
 def test_plain_output_gives_only_the_cross_entropy():
     out, labels = _output(quantizer=False)
     plain = ModelOutput(logits=out.logits, features=out.features)
-    total, parts = aib_loss(plain, labels)
+    total, parts = aib_loss(plain, labels, ObjectiveConfig(units="bits"))
     assert set(parts) == {"ce", "class_loss", "total"}
     np.testing.assert_allclose(float(total), _np_ce(out.logits, labels) / math.log(2), rtol=1e-6)
 
 
-def test_default_config_is_the_official_cifar_vgg_objective():
+def test_default_config_is_neutral_not_a_backbones_official_one():
+    # A new backbone inherits no CIFAR-VGG constant: c = 1, the KL of what is sampled, nats.
     cfg = ObjectiveConfig()
-    assert (cfg.beta, cfg.info_factor, cfg.kl_form, cfg.units, cfg.vq_coef, cfg.commit_coef) == \
-        (1e-2, 0.5, "official", "bits", 0.4, 0.1)
+    assert (cfg.beta, cfg.info_factor, cfg.kl_form, cfg.units, cfg.vq_coef, cfg.commit_coef, cfg.aux_coef) == \
+        (1e-2, 1.0, "consistent", "nats", 0.4, 0.1, 1.0)
+    out, labels = _output(quantizer=False)
+    total, parts = aib_loss(out, labels)
+    kl = np.mean(np.asarray(kl_consistent_rows(out.latent.mean, out.latent.std)))
+    np.testing.assert_allclose(float(total), _np_ce(out.logits, labels) + 1e-2 * kl, rtol=1e-6)
+
+
+def test_mask_excludes_padding_rows_from_ce_and_kl():
+    # b = 3 examples, n = 2 samples: latent rows s*b + i; example 1 is padding.
+    out, labels = _output(rows=6, b=3)
+    mask = jnp.asarray([True, False, True])
+    cfg = ObjectiveConfig(units="nats", info_factor=1.0)
+    _, parts = aib_loss(out, labels, cfg, mask=mask)
+    keep_rows = np.asarray([0, 2, 3, 5])
+    kl = np.asarray(kl_consistent_rows(out.latent.mean, out.latent.std))[keep_rows].mean()
+    np.testing.assert_allclose(float(parts["kl"]), kl, rtol=1e-6)
+    np.testing.assert_allclose(float(parts["ce"]), _np_ce(out.logits[np.asarray([0, 2])], labels[np.asarray([0, 2])]),
+                               rtol=1e-6)
+    # whatever the padding row holds, the masked loss is the loss of the real examples alone
+    garbage = out.replace(logits=out.logits.at[1].set(1e4),
+                          latent=out.latent.replace(mean=out.latent.mean.at[jnp.asarray([1, 4])].set(50.0)))
+    total_garbage, _ = aib_loss(garbage, labels, cfg, mask=mask)
+    total, _ = aib_loss(out, labels, cfg, mask=mask)
+    assert float(total_garbage) == pytest.approx(float(total), rel=1e-6)
+    all_true, _ = aib_loss(out, labels, cfg, mask=jnp.ones(3, bool))
+    assert float(all_true) == pytest.approx(float(aib_loss(out, labels, cfg)[0]), rel=1e-6)
+    with pytest.raises(ValueError, match="mask must have the labels' shape"):
+        aib_loss(out, labels, cfg, mask=jnp.ones(6, bool))
+
+
+def test_loss_of_an_output_without_logits_is_a_clear_error():
+    out, labels = _output(quantizer=False)
+    with pytest.raises(ValueError, match="needs logits.*AIBHead without a decoder"):
+        aib_loss(out.replace(logits=None), labels)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -21,7 +21,9 @@ def quickstart(model: str = "small_aib") -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 1.5e-3
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 100
-    c.objective.info_factor = 1.0
+    # Set in full, as every recipe does: the official KL form and bits, c = 1 (ObjectiveConfig's own defaults
+    # are the consistent KL in nats; the quickstart's figures were measured with these).
+    c.objective.update(beta=1e-2, info_factor=1.0, kl_form="official", units="bits", vq_coef=0.4, commit_coef=0.1)
     c.beta_warmup_steps = 1000  # the latent starts with KL ~ 320 nats; ramp beta so it does not dominate
     c.checkpoint_every_steps = 500
     c.log_every_steps = 50

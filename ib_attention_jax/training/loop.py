@@ -228,7 +228,7 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
         train_iter.set_state(input_state)
 
     runner = Runner(config.get("parallel", "shard_map"))
-    train_step = runner.compile_train_step(make_train_step(model, tx, exp.step_config))
+    train_step = runner.compile_train_step(make_train_step(model, tx, exp.step_config, axis_name=AXIS))
     eval_step = runner.compile_eval_step(make_eval_step(model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
     writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", False), enabled=is_main)

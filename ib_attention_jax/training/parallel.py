@@ -90,7 +90,11 @@ class Runner:
         return wrapped
 
     def compile_train_step(self, step: Callable, name: str = "train_step") -> Callable:
-        """``(state, batch) -> (state, metrics)``; the state is donated, metrics come back replicated."""
+        """``(state, batch) -> (state, metrics)``; the state is donated, metrics come back replicated.
+
+        A step from ``make_train_step`` made without an axis name is the same step over ``data``."""
+        if getattr(step, "axis_name", AXIS) is None:
+            step = step.for_axis(AXIS)
         fn = self._counted(name, step)
         if self.mode == "pmap":
             pstep = jax.pmap(fn, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))

@@ -1,19 +1,21 @@
-"""The per-device train and eval steps, written pmap-style over the ``data`` axis.
+"""The train and eval steps: one pure function, on one device or data-parallel over an axis.
 
-The same functions run under ``jax.shard_map`` (default) and ``jax.pmap``; gradients
-and loss parts are averaged with ``lax.pmean`` over ``data``, and BatchNorm (built with
-``bn_axis_name="data"``) normalises with and keeps running statistics of the global
-batch, so any number of devices computes what one device computes on the global batch.
-The attention and latent noise of an example is a function of (step key, global example
-index), which makes this hold for the stochastic forward too (dropout masks do depend on
-the device).
+``make_train_step(model, tx, config)`` is a single-device step for ``jax.jit``;
+``axis_name="data"`` makes the same function the per-device step of a data-parallel run
+(``training/parallel.py`` runs it under ``jax.shard_map`` or ``jax.pmap``): gradients and loss
+parts are averaged with ``lax.pmean`` over the axis, and BatchNorm (built with
+``bn_axis_name="data"``) normalises with and keeps running statistics of the global batch, so
+any number of devices computes what one device computes on the global batch. The attention and
+latent noise of an example is a function of (step key, global example index), which makes this
+hold for the stochastic forward too (dropout masks do depend on the device). The loss itself is
+:func:`compute_loss`, for a loop of one's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,7 +23,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from ib_attention_jax.objectives import ObjectiveConfig, aib_loss
+from ib_attention_jax.models.aib import ModelOutput
+from ib_attention_jax.objectives import ObjectiveConfig, aib_loss, masked_mean
 from ib_attention_jax.training.optimizers import ema_update
 from ib_attention_jax.training.state import TrainState
 
@@ -38,6 +41,14 @@ class StepConfig:
     eval_num_samples: int = 4  # official CIFAR: 4 (16 logit samples); CUB: 12
 
 
+class LossAux(NamedTuple):
+    """What :func:`compute_loss` returns beside the loss."""
+
+    output: ModelOutput
+    parts: dict[str, jax.Array]  # aib_loss's parts: ce, kl, class_loss, info_loss, ..., total
+    batch_stats: Any  # the updated BatchNorm statistics ({} for a model without BatchNorm)
+
+
 def step_rngs(key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     """The RNG streams of one step from the base key (dropout is made per-device by the caller)."""
     k = jax.random.fold_in(key, step)
@@ -45,47 +56,77 @@ def step_rngs(key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     return {"attention": ka, "latent": kl, "dropout": kd}
 
 
-def _example_ids(batch: Batch) -> jax.Array:
-    return batch["index"].astype(jnp.int32)
+def example_ids(batch: Batch) -> jax.Array:
+    """``batch["index"]``, the examples' positions in the global batch, or ``arange(b)`` without it."""
+    if "index" in batch:
+        return batch["index"].astype(jnp.int32)
+    return jnp.arange(batch["label"].shape[0], dtype=jnp.int32)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: StepConfig
+def compute_loss(params: Any, batch_stats: Any, batch: Batch, rngs: dict[str, jax.Array], *, model: nn.Module,
+                 objective: ObjectiveConfig | None = None, num_samples: int = 1,
+                 beta: jax.Array | float | None = None, train: bool = True) -> tuple[jax.Array, LossAux]:
+    """The AIB loss of one batch: ``(loss, LossAux(output, parts, batch_stats))``, for ``jax.grad(...,
+    has_aux=True)`` (the gradient is with respect to ``params``).
+
+    ``batch`` holds ``image`` (b, H, W, C), ``label`` (b,) and optionally ``index`` (b,) (the noise
+    keys; default ``arange(b)``) and ``mask`` (b,) (padding rows excluded from the loss). ``rngs``
+    has the ``attention`` and ``latent`` streams (and ``dropout`` for models with dropout). The
+    model is called as every registered model is: ``model.apply(variables, image, train=,
+    num_samples=, example_ids=, rngs=, mutable=["batch_stats"])``. ``objective`` defaults to
+    ``ObjectiveConfig()``; ``beta`` overrides its ``beta`` (a warm-up).
+    """
+    out, mutated = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=train,
+                               num_samples=num_samples, example_ids=example_ids(batch), rngs=rngs,
+                               mutable=["batch_stats"])
+    loss, parts = aib_loss(out, batch["label"], objective or ObjectiveConfig(), beta=beta, mask=batch.get("mask"))
+    return loss, LossAux(out, parts, mutated.get("batch_stats", {}))
+
+
+def warmed_up_beta(config: StepConfig, step: jax.Array) -> jax.Array | float:
+    """``objective.beta``, ramped linearly from 0 over ``beta_warmup_steps`` when that is set."""
+    beta = config.objective.beta
+    if config.beta_warmup_steps:
+        beta = beta * jnp.minimum(1.0, step.astype(jnp.float32) / config.beta_warmup_steps)
+    return beta
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: StepConfig = StepConfig(),
+                    axis_name: str | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """A pure per-device train step ``(state, batch) -> (state, metrics)``.
+    """A pure train step ``(state, batch) -> (state, metrics)`` around :func:`compute_loss`.
 
-    ``batch`` holds ``image`` (b, H, W, 3), ``label`` (b,) and ``index`` (b,), the
-    examples' positions in the global batch.
+    ``axis_name=None``: one device, for ``jax.jit`` (``batch["index"]`` optional). With an axis name
+    the step is the per-device step of a data-parallel run over that mapped axis: gradients, metrics
+    and BatchNorm statistics are averaged over it, anchor usage summed, dropout made per device, and
+    ``batch["index"]`` should hold the examples' positions in the global batch.
+    :class:`~ib_attention_jax.training.parallel.Runner` runs a step made without one over its
+    ``data`` axis (``train_step.for_axis(name)`` is the same step for another axis).
     """
 
     def train_step(state: TrainState, batch: Batch):
         rngs = step_rngs(state.key, state.step)
-        rngs["dropout"] = jax.random.fold_in(rngs["dropout"], lax.axis_index(AXIS))
-        beta = config.objective.beta
-        if config.beta_warmup_steps:
-            beta = beta * jnp.minimum(1.0, state.step.astype(jnp.float32) / config.beta_warmup_steps)
-
-        def loss_fn(params):
-            out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                       train=True, num_samples=config.num_samples, example_ids=_example_ids(batch),
-                                       rngs=rngs, mutable=["batch_stats"])
-            loss, parts = aib_loss(out, batch["label"], config.objective, beta=beta)
-            return loss, (out, parts, mutated.get("batch_stats", {}))
-
-        grads, (out, parts, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = lax.pmean(grads, AXIS)
-        batch_stats = _replicated_batch_stats(batch_stats)
+        if axis_name is not None:
+            rngs["dropout"] = jax.random.fold_in(rngs["dropout"], lax.axis_index(axis_name))
+        beta = warmed_up_beta(config, state.step)
+        grads, (out, parts, batch_stats) = jax.grad(compute_loss, has_aux=True)(
+            state.params, state.batch_stats, batch, rngs, model=model, objective=config.objective,
+            num_samples=config.num_samples, beta=beta)
+        grads = _mean(grads, axis_name)
+        batch_stats = _replicated_batch_stats(batch_stats, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema is not None:
             ema = _update_ema(ema, {"params": params, "batch_stats": batch_stats}, config.ema_decay)
         metrics = dict(parts)
-        metrics["accuracy"] = jnp.mean(jnp.argmax(out.logits, -1) == batch["label"])
+        metrics["accuracy"] = masked_mean((jnp.argmax(out.logits, -1) == batch["label"]).astype(jnp.float32),
+                                          batch.get("mask"))
         metrics["beta"] = jnp.asarray(beta, jnp.float32)
         metrics["grad_norm"] = optax.global_norm(grads)
-        metrics = lax.pmean(metrics, AXIS)
+        metrics = _mean(metrics, axis_name)
         if out.quantizer is not None:
-            usage = lax.psum(out.quantizer.usage, AXIS)
+            usage = out.quantizer.usage if axis_name is None else lax.psum(out.quantizer.usage, axis_name)
             p = usage / jnp.maximum(jnp.sum(usage), 1.0)
             metrics["anchor_perplexity"] = jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
             metrics["anchors_used"] = jnp.sum(usage > 0).astype(jnp.float32)
@@ -94,15 +135,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
                                   opt_state=opt_state, ema=ema)
         return new_state, metrics
 
+    train_step.axis_name = axis_name
+    train_step.for_axis = lambda name: make_train_step(model, tx, config, name)
     return train_step
 
 
-def _replicated_batch_stats(batch_stats):
-    """The running statistics every device keeps: already global where BatchNorm has the ``data``
-    axis (then the float ``pmean`` changes nothing), the mean over devices for a model built
+def _mean(tree: Any, axis_name: str | None) -> Any:
+    return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def _replicated_batch_stats(batch_stats, axis_name: str | None):
+    """The running statistics every device keeps: already global where BatchNorm has the axis
+    (then the float ``pmean`` changes nothing), the mean over devices for a model built
     without it. The integer step counters are equal on every device and stay integers."""
-    return jax.tree_util.tree_map(lambda x: lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                                  batch_stats)
+    if axis_name is None:
+        return batch_stats
+    return jax.tree_util.tree_map(
+        lambda x: lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x, batch_stats)
 
 
 def _update_ema(ema, new, decay: float):
@@ -114,7 +163,8 @@ def _update_ema(ema, new, decay: float):
 
 def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, use_ema: bool = False
                    ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """A per-device eval step returning per-example outputs (gathered by the caller).
+    """An eval step returning per-example outputs (gathered by the caller); it needs no axis, so the
+    same function runs under ``jax.jit`` or per device (``batch["index"]`` optional, as in training).
 
     Monte-Carlo predictions use ``config.eval_num_samples`` x the same number of latent
     samples with noise from (``eval_key``, example index), so evaluation is
@@ -123,7 +173,7 @@ def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, us
 
     def eval_step(state: TrainState, batch: Batch) -> dict[str, Any]:
         variables = state.variables(use_ema)
-        ids = _example_ids(batch)
+        ids = example_ids(batch)
         ka, kl = jax.random.split(eval_key)
         mc = model.apply(variables, batch["image"], train=False, num_samples=config.eval_num_samples,
                          example_ids=ids, rngs={"attention": ka, "latent": kl})
