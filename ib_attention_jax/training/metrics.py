@@ -1,4 +1,4 @@
-"""Metric output: JSON lines always, TensorBoard when asked, a progress bar with rate and ETA.
+"""Metric output: JSON lines always, TensorBoard when asked, a progress bar (tqdm) with rate and ETA.
 
 A resumed run first drops the rows past the step it restored (:func:`drop_rows_after`), so
 ``metrics.jsonl`` holds each step once, as the run that is kept computed it.
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ib_attention_jax.training.paths import as_path, atomic_write_text
 
@@ -102,31 +103,29 @@ class MetricWriter:
 
 
 class Progress:
-    """A one-line progress bar: step, images per second, ETA and a few metrics."""
+    """The progress line (tqdm's bar: step, rate, ETA) with images per second and a few metrics.
+
+    ``images_per_second`` (since the run's first step here) goes into the metrics and the summary. Off a
+    terminal the line is refreshed every 30 s instead of every 2 s, so logs stay short.
+    """
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int, enabled: bool = True) -> None:
         self.total, self.start, self.batch = total_steps, start_step, batch_size
-        self.enabled = enabled and sys.stderr.isatty()
-        self.enabled_plain = enabled
         self.t0 = time.perf_counter()
-        self.last_print = 0.0
         self.images_per_second = 0.0
+        self._shown = start_step
+        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, disable=not enabled,
+                         dynamic_ncols=True, mininterval=2.0 if sys.stderr.isatty() else 30.0, smoothing=0.1)
 
     def update(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
         elapsed = time.perf_counter() - self.t0
-        done = step - self.start
-        self.images_per_second = done * self.batch / elapsed if elapsed > 0 else 0.0
-        if not self.enabled_plain or (not force and time.perf_counter() - self.last_print < 2.0):
-            return
-        self.last_print = time.perf_counter()
-        eta = (self.total - step) * elapsed / done if done else float("nan")
-        frac = step / max(self.total, 1)
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        line = (f"[{bar}] step {step}/{self.total} {self.images_per_second:.0f} img/s "
-                f"ETA {eta:.0f}s {shown}")
-        print(("\r" + line) if self.enabled else line, end="" if self.enabled else "\n", file=sys.stderr, flush=True)
+        self.images_per_second = (step - self.start) * self.batch / elapsed if elapsed > 0 else 0.0
+        self._bar.set_postfix({"img/s": f"{self.images_per_second:.0f}", **{k: f"{v:.4g}" for k, v in metrics.items()}},
+                              refresh=False)
+        self._bar.update(step - self._shown)
+        self._shown = step
+        if force:
+            self._bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
+        self._bar.close()
