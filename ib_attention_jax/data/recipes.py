@@ -9,6 +9,7 @@ default here; a config picks the official one by name (`normalization="cifar100"
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 Augmentation = Literal["pad_crop_flip", "box_crop_resize", "none"]
@@ -126,6 +127,41 @@ RECIPES: dict[str, Recipe] = {
     ]
 }  # fmt: skip
 ALIASES = {"svhn_cropped": "svhn", "caltech_birds2011": "cub", "cub200": "cub"}
+
+
+def register_recipe(recipe: Recipe, mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None, *,
+                    replace: bool = False) -> Recipe:
+    """Makes ``recipe.name`` a dataset that configs and the pipelines know (``config.dataset = recipe.name``).
+
+    ``recipe.tfds_name`` is any TFDS dataset with ``image`` and ``label`` features, prepared as ArrayRecord
+    (``tfds build NAME --file_format array_record``). ``mean_std`` registers the recipe's normalisation
+    under ``recipe.normalization`` (per-channel mean and std of x / 255); without it that name must be one
+    of :data:`NORMALIZATIONS`. A name already registered is refused unless ``replace=True``. Call it where
+    the run is configured (the config file's module level), so every mode of the command line sees it.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"register_recipe takes a Recipe, got {type(recipe).__name__}")
+    if recipe.augmentation not in typing.get_args(Augmentation):
+        raise ValueError(f"recipe {recipe.name!r}: augmentation must be one of {typing.get_args(Augmentation)}, "
+                         f"got {recipe.augmentation!r}")
+    taken = recipe.name in RECIPES or recipe.name in ALIASES
+    if taken and not replace and RECIPES.get(recipe.name) != recipe:
+        raise ValueError(f"dataset {recipe.name!r} is already registered; pick another name or pass replace=True")
+    if mean_std is not None:
+        mean, std = (tuple(float(v) for v in values) for values in mean_std)
+        known = NORMALIZATIONS.get(recipe.normalization)
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"recipe {recipe.name!r}: mean_std must be (mean, std) per channel with std > 0, "
+                             f"got {mean_std}")
+        if known is not None and known != (mean, std) and not replace:
+            raise ValueError(f"normalization {recipe.normalization!r} is already registered as {known}; name "
+                             "the recipe's normalization differently or pass replace=True")
+        NORMALIZATIONS[recipe.normalization] = (mean, std)
+    elif recipe.normalization not in NORMALIZATIONS:
+        raise ValueError(f"recipe {recipe.name!r}: normalization {recipe.normalization!r} is not one of "
+                         f"{sorted(NORMALIZATIONS)}; pass mean_std=((r, g, b), (r, g, b)) to register it")
+    RECIPES[recipe.name] = recipe
+    return recipe
 
 
 def get_recipe(dataset: str | Recipe) -> Recipe:
