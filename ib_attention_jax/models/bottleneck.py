@@ -52,32 +52,30 @@ class GaussianLatent(nn.Module):
         return LatentOutput(mean=mean, std=std, samples=mean[None] + eps * std[None])
 
 
-class MLPDecoder(nn.Module):
+class _OfficialDecoder(nn.Module):
+    """What the official decoders share: the class count and their Linear layers' initialisers and dtype."""
+
+    num_classes: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+    dtype: Any = None
+
+    def linear(self, features: int, name: str) -> nn.Dense:
+        return nn.Dense(features, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype, name=name)
+
+
+class MLPDecoder(_OfficialDecoder):
     """Linear K->K, ReLU, Linear K->classes (official VGG and CUB decoders)."""
 
-    num_classes: int
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros_init()
-    dtype: Any = None
-
     @nn.compact
     def __call__(self, z: Array, train: bool = False) -> Array:
-        k = z.shape[-1]
-        z = nn.Dense(k, kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype, name="fc1")(z)
-        z = nn.relu(z)
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.bias_init,
-                        dtype=self.dtype, name="fc2")(z)
+        z = nn.relu(self.linear(z.shape[-1], "fc1")(z))
+        return self.linear(self.num_classes, "fc2")(z)
 
 
-class ReLULinearDecoder(nn.Module):
+class ReLULinearDecoder(_OfficialDecoder):
     """ReLU then Linear K->classes (the official WRN 'v3' decoder)."""
 
-    num_classes: int
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros_init()
-    dtype: Any = None
-
     @nn.compact
     def __call__(self, z: Array, train: bool = False) -> Array:
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.bias_init,
-                        dtype=self.dtype, name="fc")(nn.relu(z))
+        return self.linear(self.num_classes, "fc")(nn.relu(z))
