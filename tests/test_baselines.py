@@ -328,3 +328,31 @@ def test_ltpa_recipe_reproduces_the_public_lambda_schedule_over_its_three_passes
     got = np.asarray([float(schedule(p * steps_per_pass + s)) for p in passes for s in (0, 2)]).reshape(-1, 2)
     np.testing.assert_allclose(got, np.stack([expected, expected], 1), rtol=1e-6)
     assert config.num_epochs == 900 and config.objective.units == "nats" and config.model == "ltpa_vgg"
+
+
+def test_ltpa_evaluation_scores_each_map_beside_their_mean():
+    """LTPA's three maps each get the pointing game, the mass in the box and deletion/insertion."""
+    import optax
+
+    from ib_attention_jax.evaluation.evaluate import AttentionMetricsOptions, evaluate
+    from ib_attention_jax.training.parallel import Runner
+    from ib_attention_jax.training.state import TrainState
+    from ib_attention_jax.training.step import StepConfig, make_eval_step
+
+    model = create_model("small_ltpa", 10, conv_impl="xla")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), deterministic=True)
+    state = TrainState.create(variables, optax.sgd(0.1), jax.random.PRNGKey(0))
+    runner = Runner("shard_map", jax.devices()[:1])
+    eval_step = runner.compile_eval_step(make_eval_step(model, StepConfig(eval_num_samples=1), jax.random.key(1)))
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.standard_normal((4, 32, 32, 3)).astype(np.float32),
+                "label": np.arange(4, dtype=np.int32),
+                "box": np.tile(np.asarray([[4.0, 4.0, 20.0, 20.0]], np.float32), (4, 1))} for _ in range(2)]
+    result = evaluate(runner, eval_step, runner.replicate(state), batches, 32,
+                      attention_metrics=AttentionMetricsOptions(model=model, num_examples=4, steps=4))
+    entries = result.summary_entries()
+    for name in ("a1", "a2", "a3"):
+        for metric in ("pointing_game", "energy_in_box", "deletion_auc", "insertion_auc"):
+            assert 0.0 <= entries[f"{metric}_{name}"] <= 1.0, (metric, name)
+    assert 0.0 <= entries["pointing_game"] <= 1.0 and "deletion_auc" in entries  # the mean map as before
+    assert len({entries[f"energy_in_box_{n}"] for n in ("a1", "a2", "a3")}) == 3  # three different maps

@@ -27,6 +27,7 @@ from ib_attention_jax.evaluation.attention_metrics import (
 )
 from ib_attention_jax.evaluation.localization import box_area_fraction, energy_in_box, pointing_game
 from ib_attention_jax.training.parallel import Runner, host_batch_index
+from ib_attention_jax.training.step import MAP_PREFIX
 
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box", "box_area_fraction")
 _step_names = itertools.count()
@@ -180,6 +181,7 @@ def evaluate(runner: Runner, eval_step: Callable, state: Any, batches: Iterable[
     scored: dict[str, list[np.ndarray]] = {}  # examples for deletion/insertion
     want_scored = attention_metrics.num_examples if attention_metrics is not None else 0
     anchors, usage = None, None
+    per_map: dict[str, np.ndarray] = {}  # map name -> (pointing hits, energy in box) of models with several maps
     has_boxes = False
     offset = 0
     chunk = 0
@@ -196,12 +198,18 @@ def evaluate(runner: Runner, eval_step: Callable, state: Any, batches: Iterable[
         totals[1] += np.sum((out["pred_mc"] == label) & mask)
         totals[2] += np.sum((out["pred_mean"] == label) & mask)
         totals[3] += np.sum(out["ce_mean"] * mask)
+        map_names = [k[len(MAP_PREFIX):] for k in out if k.startswith(MAP_PREFIX)]
         if "box" in batch and "attention" in out:
             has_boxes = True
             maps, boxes = out["attention"], batch["box"]
             totals[4] += np.sum(pointing_game(maps, boxes, image_size) & mask)
             totals[5] += np.sum(energy_in_box(maps, boxes, image_size) * mask)
             totals[6] += np.sum(box_area_fraction(boxes, image_size) * mask)
+            for name in map_names:
+                one = out[MAP_PREFIX + name]
+                per_map.setdefault(name, np.zeros(2))
+                per_map[name] += (np.sum(pointing_game(one, boxes, image_size) & mask),
+                                  np.sum(energy_in_box(one, boxes, image_size) * mask))
         if "attention_q" in out:
             if anchors is None:
                 anchors = _host_anchors(runner, state, attention_metrics.use_ema if attention_metrics else False)
@@ -209,7 +217,9 @@ def evaluate(runner: Runner, eval_step: Callable, state: Any, batches: Iterable[
             index = nearest_anchor_index(np.asarray(out["attention_q"])[mask], anchors)
             usage += np.bincount(index.reshape(-1), minlength=len(anchors))
         if want_scored and "attention" in out and sum(len(v) for v in scored.get("label", [])) < want_scored:
-            for key, value in (("image", batch["image"]), ("label", label), ("attention", out["attention"])):
+            values = [("image", batch["image"]), ("label", label), ("attention", out["attention"])]
+            values += [(MAP_PREFIX + name, out[MAP_PREFIX + name]) for name in map_names]
+            for key, value in values:
                 scored.setdefault(key, []).append(np.asarray(value)[mask])
         if keep_examples and sum(len(v) for v in kept.get("label", [])) < keep_examples:
             rows = {"image": batch["image"], "label": label, "pred_mc": out["pred_mc"], "pred_mean": out["pred_mean"]}
@@ -227,11 +237,18 @@ def evaluate(runner: Runner, eval_step: Callable, state: Any, batches: Iterable[
     if has_boxes:
         metrics.update(pointing_game=totals[4] / n, energy_in_box=totals[5] / n, box_area_fraction=totals[6] / n)
     attention: dict[str, Any] = {}
+    for name, sums in sorted(per_map.items()):  # each map of a model with several, beside their mean above
+        hits, energy = _allreduce_sum(sums)
+        attention.update({f"pointing_game_{name}": hits / n, f"energy_in_box_{name}": energy / n})
     if usage is not None:
         attention.update(anchor_statistics(_allreduce_sum(usage), anchors))
     if want_scored and scored:
         rows = {k: np.concatenate(v) for k, v in scored.items()}
         attention.update(_deletion_insertion(runner, state, attention_metrics, rows, chunk))
+        for key in [k for k in rows if k.startswith(MAP_PREFIX)]:
+            name = key[len(MAP_PREFIX):]
+            one = _deletion_insertion(runner, state, attention_metrics, {**rows, "attention": rows[key]}, chunk)
+            attention.update({f"{m}_{name}": one[m] for m in ("deletion_auc", "insertion_auc") if m in one})
     metrics.update({k: float(v) for k, v in attention.items() if isinstance(v, (int, float))})
     examples = {k: np.concatenate(v)[:keep_examples] for k, v in kept.items()}
     return EvalResult(metrics=metrics, examples=examples, attention=attention)

@@ -161,6 +161,9 @@ def _update_ema(ema, new, decay: float):
     return jax.tree_util.tree_map(lambda a, n: a if jnp.issubdtype(n.dtype, jnp.floating) else n, averaged, new)
 
 
+MAP_PREFIX = "attention_map/"  # eval outputs of the individual maps of a model with several (b, h_i, w_i)
+
+
 def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, use_ema: bool = False
                    ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
     """An eval step returning per-example outputs (gathered by the caller); it needs no axis, so the
@@ -184,6 +187,8 @@ def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, us
             result["attention"] = mean.attention.mean[..., 0]  # (b, h, w) the mean map
             if mean.quantizer is not None:
                 result["attention_q"] = mean.attention_used[0, ..., 0]
+            if mean.attention_maps is not None and len(mean.attention_maps) > 1:  # LTPA: each map beside the mean
+                result.update({f"{MAP_PREFIX}{name}": m for name, m in mean.attention_maps.items()})
         return result
 
     return eval_step
