@@ -40,6 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.0
     c.eval_ema = False
     c.half_precision = False  # bfloat16 compute, float32 parameters; KL and quantiser losses in float32
+    c.remat = "none"  # recompute the backbone blocks' activations in the backward pass: "full", "dots_saveable"
 
     c.parallel = "shard_map"  # or "pmap"
     c.distributed = False  # jax.distributed.initialize() for multi-host runs (TPU pods, SLURM, Open MPI: automatic)

@@ -31,6 +31,7 @@ POLICY: dict[str, tuple[str, str]] = {
     "model": (REFUSED, "the network the parameters belong to"),
     "model_kwargs.*": (REFUSED, "an option of the network: its shapes, anchors or layers"),
     "model_kwargs.conv_impl": (REPORTED, "how convolutions are computed; every form shares the parameters"),
+    "remat": (REPORTED, "what the backward pass recomputes; the parameters and the trajectory are the same"),
     "num_classes": (REFUSED, "the size of the classifier's output"),
     "dataset": (REFUSED, "the labels the classifier learnt and the input position the checkpoint holds"),
     "seed": (REFUSED, "the initialisation and the data order the checkpoint continues"),
