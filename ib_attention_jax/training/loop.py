@@ -4,8 +4,13 @@ One loop for every config: check the config against the workdir's own (``trainin
 config that would mix two runs is refused before anything is written) and lock the workdir, build the
 model and the optimiser, restore this run's newest readable checkpoint (state and input position) or
 start fresh, run the compiled per-device step over all devices, log metrics one step late (the device
-never waits for the host), save periodically, on SIGTERM or Ctrl-C and at the end, stop on a non-finite
-loss, then evaluate and write ``summary.json``.
+never waits for the host), save periodically (in the background: training goes on while Orbax writes the
+sharded state), on SIGTERM or Ctrl-C and at the end (these wait until the checkpoint is complete), stop on
+a non-finite loss, then evaluate and write ``summary.json``.
+
+Stopping is agreed by all hosts: a signal on any host enters the next train step as that host's stop
+request, the step returns the largest request over all devices, and every host reads it with the same
+step's metrics, so all of them save the same step and exit 0.
 """
 
 from __future__ import annotations
@@ -35,15 +40,17 @@ from ib_attention_jax.objectives import ObjectiveConfig
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.metrics import MetricWriter, Progress, drop_rows_after
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
+from ib_attention_jax.training.parallel import STOP, Runner, host_batch_index, train_feed
 from ib_attention_jax.training.paths import atomic_write_text, write_via_local_file
+from ib_attention_jax.training.remat import with_remat
 from ib_attention_jax.training.selection import BestCheckpoint
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
 from ib_attention_jax.training.workdir import Run, open_run
 
 log = logging.getLogger(__name__)
-KILL_AFTER_STEP_ENV = "IB_ATTENTION_FAULT_KILL_AFTER_STEP"  # fault injection for the resume test
+KILL_AFTER_STEP_ENV = "IB_ATTENTION_FAULT_KILL_AFTER_STEP"  # fault injection: SIGKILL once that checkpoint is complete
+KILL_DURING_SAVE_ENV = "IB_ATTENTION_FAULT_KILL_DURING_SAVE"  # SIGKILL while that step's checkpoint is being written
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -66,22 +73,26 @@ def _optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None = AXIS):
-    """The config's model; ``half_precision`` computes in bfloat16 with float32 parameters."""
+    """The config's model; ``half_precision`` computes in bfloat16 with float32 parameters, ``remat``
+    recomputes the backbone blocks' activations in the backward pass (``training/remat.py``)."""
     kwargs = dict(config.get("model_kwargs", {}) or {})
     if config.get("half_precision", False):
         kwargs["dtype"] = jnp.bfloat16
-    return create_model(config.model, num_classes, bn_axis_name=axis_name, **kwargs)
+    model = create_model(config.model, num_classes, bn_axis_name=axis_name, **kwargs)
+    return with_remat(model, config.get("remat", "none"))
 
 
 class _StopFlag:
-    """Set by SIGTERM or the first Ctrl-C (SIGINT): the loop saves a checkpoint at the next step boundary
-    and exits. A second Ctrl-C aborts at once (KeyboardInterrupt), saving nothing more."""
+    """Set by SIGTERM or the first Ctrl-C (SIGINT): this host asks every host to save a checkpoint and exit
+    (:attr:`signal_number` goes into the next train step). A second Ctrl-C aborts at once
+    (KeyboardInterrupt), saving nothing more."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self.signal_number = 0  # what this host asks the others: 0, or the signal it received
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -97,6 +108,7 @@ class _StopFlag:
             raise KeyboardInterrupt("second Ctrl-C: stopped without saving")
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        self.signal_number = max(self.signal_number, int(signum))
         if signum == signal.SIGINT:
             print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to abort at once)",
                   file=sys.stderr, flush=True)
@@ -108,6 +120,12 @@ class _StopFlag:
 
 def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _agreed_stop(metrics: dict[str, np.ndarray]) -> str:
+    """The signal every host agreed to stop on (the largest any host received), or ''."""
+    number = int(metrics.pop(STOP, 0))
+    return signal.Signals(number).name if number else ""
 
 
 @dataclasses.dataclass
@@ -208,15 +226,20 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
     info, model, tx, schedule, state = exp.info, exp.model, exp.tx, exp.schedule, exp.state
     total_steps, host_batch = exp.total_steps, exp.host_batch
 
-    checkpointer = Checkpointer(workdir / "checkpoints", config.get("keep_checkpoints", 3), run_id=run.run_id)
-    restored = checkpointer.restore(state)
+    runner = Runner(config.get("parallel", "shard_map"))
+    checkpointer = Checkpointer(workdir / "checkpoints", config.get("keep_checkpoints", 3), run_id=run.run_id,
+                                asynchronous=True)
+    if is_main and (unfinished := checkpointer.remove_unfinished()):
+        log.info("removed the unfinished checkpoint writes %s", unfinished)
+    restored = checkpointer.restore(runner.abstract_state(state))  # into the mesh's layout, on any device count
     input_state: dict = {}
+    pstate, start_step = None, int(state.step)
     if restored is not None:
-        state, input_state, restored_step = restored
-        log.info("restored checkpoint at step %d", restored_step)
+        _, input_state, start_step = restored
+        pstate = runner.from_checkpoint(restored[0])
+        log.info("restored checkpoint at step %d", start_step)
     elif exp.init_report is not None and is_main:
         print(exp.init_report.format(), flush=True)
-    start_step = int(state.step)
     run.record()  # the config is the workdir's from now on
     if is_main:  # rows past the restored step are computed again; a finished run evaluates again
         drop_rows_after(workdir, start_step, ("eval", "validation") if start_step >= total_steps else ())
@@ -227,7 +250,6 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
     if input_state:
         train_iter.set_state(input_state)
 
-    runner = Runner(config.get("parallel", "shard_map"))
     train_step = runner.compile_train_step(make_train_step(model, tx, exp.step_config, axis_name=AXIS))
     eval_step = runner.compile_eval_step(make_eval_step(model, exp.step_config, exp.eval_key,
                                                         use_ema=config.get("eval_ema", False)))
@@ -236,16 +258,18 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
         writer.write(start_step, "config_change", {"changes": run.change_record()})
     progress = Progress(total_steps, start_step, config.batch_size, enabled=is_main and config.get("progress", True))
     kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
+    kill_during_save = int(os.environ.get(KILL_DURING_SAVE_ENV, "0") or 0)
     log_every = config.get("log_every_steps", 50)
     ckpt_every = config.get("checkpoint_every_steps", 0) or total_steps
     index = host_batch_index(host_batch)
 
-    def save(step: int, pstate):
-        return checkpointer.save(step, runner.unreplicate(pstate), train_iter.get_state())
+    def save(step: int, pstate, wait: bool = False):
+        """The state as the global arrays it is (no host copy); ``wait``: until the checkpoint is complete."""
+        return checkpointer.save(step, runner.checkpoint_view(pstate), train_iter.get_state(), wait=wait)
 
     def check_finite(step: int, metrics: dict[str, np.ndarray]) -> None:
         if not np.isfinite(metrics["total"]):
-            parts = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+            parts = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and k != STOP}
             kept = checkpointer.latest_step()
             where = checkpointer.path(kept) if kept is not None else "none saved yet"
             raise NonFiniteLossError(f"non-finite loss at step {step}: parts {parts}; last good checkpoint: {where}")
@@ -254,52 +278,67 @@ def _train(run: Run, is_main: bool, t_start: float) -> dict[str, Any]:
     if config.get("validation_split") and not eval_every:
         eval_every = exp.steps_per_epoch
     selector = _ModelSelector(config, exp, runner, eval_step, writer, workdir, run.run_id)
-    pstate = runner.replicate(state)
+    if pstate is None:
+        pstate = runner.replicate(state)
+    del state, restored  # the loop holds the state only as pstate, whose buffers each step donates
     pending: tuple[int, dict] | None = None
     step = start_step
     stopped_by = ""
-    with _StopFlag() as stop:
-        while step < total_steps:
-            batch = next(train_iter)
-            pstate, metrics = train_step(pstate, runner.shard_batch(train_feed(batch["image"], batch["label"], index)))
-            step += 1
-            if pending is not None:  # step t-1's metrics, fetched after step t is dispatched
-                prev_step, prev = pending
-                prev = _host_metrics(prev)
-                check_finite(prev_step, prev)
-                if prev_step % log_every == 0 or prev_step == start_step + 1:
-                    scalars = {k: v for k, v in prev.items() if np.ndim(v) == 0}
-                    scalars["learning_rate"] = float(schedule(prev_step - 1))
-                    scalars["images_per_second"] = progress.images_per_second
-                    writer.write(prev_step, "train", {**scalars, **({"anchor_usage": prev["anchor_usage"]}
-                                                                     if "anchor_usage" in prev else {})})
-                progress.update(prev_step, {k: float(prev[k]) for k in ("total", "accuracy") if k in prev})
-            pending = (step, metrics)
-            if eval_every and step % eval_every == 0 and step < total_steps:
-                selector.periodic_eval(step, pstate)
-            if step % ckpt_every == 0 and step < total_steps:
-                check_finite(step, _host_metrics(metrics))
-                save(step, pstate)
-                if kill_after and step >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            if stop.requested:
-                stopped_by = stop.signal_name
-                break
-    if pending is not None:
-        check_finite(pending[0], _host_metrics(pending[1]))
-    if step > start_step or checkpointer.latest_step() is None:
-        save(step, pstate)
-    progress.close()
-    if stopped_by:
-        writer.write(step, "preempted", {"checkpoint": 1.0, "signal": stopped_by})
-        writer.close()
-        checkpointer.close()
-        if is_main:
-            print(f"{stopped_by}: saved the checkpoint of step {step} to {checkpointer.path(step)} and stopped; "
-                  "the same command continues the run", file=sys.stderr, flush=True)
-        return {"stopped_at_step": step, "signal": stopped_by, "checkpoint": str(checkpointer.path(step))}
+    try:
+        with _StopFlag() as stop:
+            while step < total_steps:
+                batch = next(train_iter)
+                feed = runner.shard_batch(train_feed(batch["image"], batch["label"], index), stop=stop.signal_number)
+                pstate, metrics = train_step(pstate, feed)
+                step += 1
+                if pending is not None:  # step t-1's metrics, fetched after step t is dispatched
+                    prev_step, prev = pending
+                    prev = _host_metrics(prev)
+                    stopped_by = _agreed_stop(prev)  # the same on every host: all stop after step t
+                    check_finite(prev_step, prev)
+                    if prev_step % log_every == 0 or prev_step == start_step + 1:
+                        scalars = {k: v for k, v in prev.items() if np.ndim(v) == 0}
+                        scalars["learning_rate"] = float(schedule(prev_step - 1))
+                        scalars["images_per_second"] = progress.images_per_second
+                        writer.write(prev_step, "train", {**scalars, **({"anchor_usage": prev["anchor_usage"]}
+                                                                         if "anchor_usage" in prev else {})})
+                    progress.update(prev_step, {k: float(prev[k]) for k in ("total", "accuracy") if k in prev})
+                pending = (step, metrics)
+                if eval_every and step % eval_every == 0 and step < total_steps:
+                    selector.periodic_eval(step, pstate)
+                if step % ckpt_every == 0 and step < total_steps:
+                    check_finite(step, _host_metrics(metrics))
+                    save(step, pstate, wait=bool(kill_after and step >= kill_after))
+                    if kill_after and step >= kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if kill_during_save and step >= kill_during_save:
+                        _kill_while_writing(checkpointer, step)
+                if stopped_by:
+                    break
+        if pending is not None:
+            last = _host_metrics(pending[1])
+            stopped_by = stopped_by or _agreed_stop(last)  # a stop asked during the last step
+            check_finite(pending[0], last)
+        if step > start_step or checkpointer.latest_step() is None:
+            save(step, pstate, wait=True)
+        progress.close()
+        if stopped_by:
+            writer.write(step, "preempted", {"checkpoint": 1.0, "signal": stopped_by})
+            writer.close()
+            selector.close()
+            checkpointer.close()
+            here = "" if stop.requested else " (received by another host)"
+            print(f"{stopped_by}{here}: saved the checkpoint of step {step} to {checkpointer.path(step)} and "
+                  "stopped; the same command continues the run", file=sys.stderr, flush=True)
+            return {"stopped_at_step": step, "signal": stopped_by, "checkpoint": str(checkpointer.path(step))}
+    except BaseException:
+        _close_quietly(selector.close, checkpointer.close)  # the error that stopped the run is the one reported
+        raise
 
-    final_state, selected = selector.final_state(step, pstate)
+    try:
+        final_state, selected = selector.final_state(step, pstate)
+    finally:
+        selector.close()
     result = evaluate(runner, eval_step, final_state, eval_batches(config, exp, info.eval_split),
                       exp.image_size, keep_examples=config.get("export_examples", 32),
                       attention_metrics=attention_metrics_options(config, model))
@@ -325,7 +364,7 @@ class _ModelSelector:
                  workdir, run_id: str | None = None) -> None:
         self.config, self.exp, self.runner, self.eval_step, self.writer = config, exp, runner, eval_step, writer
         self.split = config.get("validation_split")
-        self.best = (BestCheckpoint(workdir / "best_on_validation", "accuracy_mc", run_id=run_id)
+        self.best = (BestCheckpoint(workdir / "best_on_validation", "accuracy_mc", run_id=run_id, asynchronous=True)
                      if self.split else None)
 
     def periodic_eval(self, step: int, pstate) -> None:
@@ -334,16 +373,38 @@ class _ModelSelector:
                           self.exp.image_size)
         self.writer.write(step, "validation" if self.split else "eval", result.metrics)
         if self.best is not None:
-            self.best.offer(step, float(result.metrics["accuracy_mc"]), self.runner.unreplicate(pstate))
+            self.best.offer(step, float(result.metrics["accuracy_mc"]), self.runner.checkpoint_view(pstate))
 
     def final_state(self, step: int, pstate):
         """The state to test and what was selected."""
         if not self.split:
             return pstate, {}
         self.periodic_eval(step, pstate)
-        state, best_step, best_score = self.best.restore(self.exp.state)
-        return self.runner.replicate(state), {"selected_step": best_step, "validation_split": self.split,
-                                              "validation_accuracy_mc": best_score}
+        state, best_step, best_score = self.best.restore(self.runner.abstract_state(self.exp.state))
+        return self.runner.from_checkpoint(state), {"selected_step": best_step, "validation_split": self.split,
+                                                    "validation_accuracy_mc": best_score}
+
+    def close(self) -> None:
+        """Waits for the best state's save in flight (raising its error)."""
+        if self.best is not None:
+            self.best.close()
+
+
+def _kill_while_writing(checkpointer: Checkpointer, step: int) -> None:
+    """Fault injection: SIGKILL this process while the checkpoint of ``step`` is written in the background."""
+    writing = checkpointer.in_flight() == step
+    print(f"fault injection: SIGKILL {'while' if writing else 'after'} the checkpoint of step {step} "
+          f"{'is being written' if writing else 'was written'}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _close_quietly(*closers) -> None:
+    """Runs each closer; an error it raises is logged, not raised (another error is already on its way)."""
+    for close in closers:
+        try:
+            close()
+        except Exception as err:  # noqa: BLE001
+            log.error("while stopping on an error: %s", err)
 
 
 def _summary(config, info, result: EvalResult, step: int, t_start: float, images_per_second: float,
