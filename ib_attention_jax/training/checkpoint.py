@@ -190,7 +190,8 @@ class Checkpointer:
 
     def in_flight(self) -> int | None:
         """The step whose files are still being written in the background, or None."""
-        return self._in_flight if self._in_flight is not None and self.manager.is_saving_in_progress() else None
+        writing = getattr(self.manager, "is_saving_in_progress", lambda: True)  # older Orbax: assume it is
+        return self._in_flight if self._in_flight is not None and writing() else None
 
     # -- saving ------------------------------------------------------------------------------------
     def save(self, step: int, state: Any, input_state: dict | None = None, *, wait: bool = False,

@@ -416,7 +416,19 @@ def _summary(config, info, result: EvalResult, step: int, t_start: float, images
                "train_images_per_second": images_per_second, "devices": jax.device_count(),
                "checkpoint": str(checkpointer.path(step)), "wall_seconds": time.time() - t_start}
     summary.update(result.summary_entries())  # localisation, deletion/insertion, anchor usage
-    return summary
+    return _plain(summary)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists, for JSON (sums over hosts come
+    back from ``process_allgather`` as float32 scalars)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return value
 
 
 def _write_outputs(workdir, config, result: EvalResult, summary: dict) -> None:
