@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax import lax
 from test_parallel import run_helper
 from test_training_loop import REPO, SMALL
 from xla_flags import add_fast_compile_flags
@@ -30,6 +31,7 @@ from ib_attention_jax.training.checkpoint import Checkpointer, CheckpointSaveErr
 from ib_attention_jax.training.loop import KILL_DURING_SAVE_ENV
 from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.selection import BestCheckpoint
+from ib_attention_jax.training.step import AXIS
 
 NO_SPACE = "No space left on device [os_error_code='28']"  # what tensorstore reports on a full disk
 
@@ -153,6 +155,28 @@ def test_an_async_save_of_buffers_the_next_step_donates_writes_the_values_it_was
     later = step(after)  # once the save is complete nothing holds the buffers: donation takes them again
     assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(after))
     assert float(later["b"][0]) == 15.0
+
+
+def _toy_step(state, batch):
+    total = lax.pmean(jnp.mean(batch["x"]), AXIS)
+    return jax.tree_util.tree_map(lambda x: x + total, state), {"mean": total}
+
+
+@pytest.mark.parametrize("mode", ("shard_map", "pmap"))
+def test_the_train_step_donates_the_state_placed_or_restored(tmp_path, mode):
+    runner = Runner(mode, jax.devices()[:1])
+    step = runner.compile_train_step(_toy_step)
+    host = {"w": np.arange(1 << 16, dtype=np.float32)}
+    feed = runner.shard_batch({"x": np.ones((2, 1), np.float32)})
+    placed = runner.replicate(host)
+    trained, _ = step(placed, feed)
+    assert placed["w"].is_deleted()  # the step took its buffers
+    ckpt = Checkpointer(tmp_path, asynchronous=True)
+    ckpt.save(1, runner.checkpoint_view(trained), wait=True)
+    restored = runner.from_checkpoint(ckpt.restore(runner.abstract_state(host))[0])
+    again, _ = step(restored, feed)
+    assert restored["w"].is_deleted()
+    np.testing.assert_array_equal(np.asarray(runner.unreplicate(again)["w"]), host["w"] + 2)
 
 
 def test_checkpoints_restore_under_another_mode_and_device_count(tmp_path):
