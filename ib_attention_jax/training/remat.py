@@ -15,8 +15,8 @@ The blocks are the children of the model's parts: every submodule a registered m
 (``front/conv1``, ``encoder/group2``, ...) is a block, whatever the architecture. Noise and the attention
 sampling happen in the parts themselves and are never recomputed.
 
-XLA's CPU compiler removes the recomputation again (the ``vgg_aib`` train step at batch 32 compiles to the
-same 53 convolutions and 602.6 MiB of temporary buffers with every policy), so the option changes memory
+XLA's CPU compiler removes the recomputation again (the compiled train step has the same convolutions and
+the same ``compile().memory_analysis()`` temporary size with every policy), so the option changes memory
 only where XLA keeps it: GPU and TPU.
 """
 
