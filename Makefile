@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint torch parity
+.PHONY: venv test test-jax011 demo lint torch parity
 
 venv: $(STAMP)
 
@@ -18,6 +18,26 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# The same suite on the accelerator machines' versions: Python 3.12 with jax 0.11 (requirements.txt's
+# pins otherwise), in its own venv. CI runs it after `make test`.
+PYTHON_NEXT ?= python3.12
+JAX_NEXT := 0.11.2
+VENV_NEXT := .venv-jax011
+PY_NEXT := $(VENV_NEXT)/bin/python
+STAMP_NEXT := $(VENV_NEXT)/.installed
+
+$(STAMP_NEXT): requirements.txt pyproject.toml
+	test -x $(PY_NEXT) || $(PYTHON_NEXT) -m venv $(VENV_NEXT)
+	$(PY_NEXT) -m pip install --quiet --upgrade pip
+	sed -e 's/^jax\[cpu\]==.*/jax[cpu]==$(JAX_NEXT)/' -e 's/^jaxlib==.*/jaxlib==$(JAX_NEXT)/' \
+	  requirements.txt > $(VENV_NEXT)/requirements.txt
+	$(PY_NEXT) -m pip install --quiet -r $(VENV_NEXT)/requirements.txt
+	$(PY_NEXT) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP_NEXT)
+
+test-jax011: $(STAMP_NEXT)
+	$(PY_NEXT) -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
