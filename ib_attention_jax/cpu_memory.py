@@ -9,14 +9,20 @@ the kernel for 2 MiB transparent huge pages wherever ``malloc`` maps memory.
 glibc reads tunables only at process start, so the setting is made by starting the
 program again with ``GLIBC_TUNABLES`` set (:func:`reexec_with_huge_pages`), before any
 work is done. Set ``IB_ATTENTION_NO_HUGE_PAGES=1`` to opt out.
+
+The restart is for JAX's CPU backend only; it is not made where JAX will pick a GPU or TPU
+(:func:`default_backend_is_cpu`), where the large buffers live on the device.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT_ENV = "IB_ATTENTION_NO_HUGE_PAGES"
@@ -41,6 +47,40 @@ def huge_pages_available() -> bool:
         return False
 
 
+def accelerator_plugins() -> list[str]:
+    """The GPU/TPU plugins JAX would load, found without importing them or starting a backend.
+
+    JAX loads every module under the ``jax_plugins`` namespace package and every ``jax_plugins``
+    entry point (the CUDA and ROCm plugins), and a TPU backend from the ``libtpu`` package.
+    """
+    found = set()
+    spec = importlib.util.find_spec("jax_plugins")
+    if spec is not None and spec.submodule_search_locations:
+        found |= {f"jax_plugins.{m.name}" for m in pkgutil.iter_modules(spec.submodule_search_locations)}
+    found |= {e.value for e in importlib.metadata.entry_points(group="jax_plugins")}
+    if importlib.util.find_spec("libtpu") is not None:
+        found.add("libtpu")
+    return sorted(found)
+
+
+def default_backend_is_cpu(environ: Mapping[str, str] | None = None, plugins: Sequence[str] | None = None) -> bool:
+    """Whether JAX's default backend will be the CPU, decided before JAX starts.
+
+    ``JAX_PLATFORMS`` set: its first platform is the default, so CPU iff that is ``cpu``. Unset
+    (JAX picks a GPU or TPU when one is available): CPU iff no accelerator plugin is installed
+    (:func:`accelerator_plugins`) and ``TPU_LIBRARY_PATH`` is unset. A plugin installed on a host
+    without its device counts as an accelerator (no restart: a lost speed-up, never a wrong
+    one); ``JAX_PLATFORMS=cpu`` states the CPU there.
+    """
+    env = os.environ if environ is None else environ
+    platforms = [p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms[0] == "cpu"
+    if env.get("TPU_LIBRARY_PATH"):
+        return False
+    return not (accelerator_plugins() if plugins is None else plugins)
+
+
 def huge_pages_requested(environ: dict[str, str] | None = None) -> bool:
     """Whether this process was started with the huge-page tunable."""
     env = os.environ if environ is None else environ
@@ -56,12 +96,15 @@ def environment_with_huge_pages(environ: dict[str, str]) -> dict[str, str]:
 
 
 def reexec_with_huge_pages(module: str, argv: Sequence[str]) -> None:
-    """Restarts ``python -m module *argv`` with the tunable, unless set, unavailable or opted out.
+    """Restarts ``python -m module *argv`` with the tunable, unless set, unavailable, opted out or
+    not on the CPU backend.
 
     Call it first thing under ``if __name__ == "__main__":``; it returns only when it
     does not restart.
     """
     if huge_pages_requested() or os.environ.get(OPT_OUT_ENV) or not huge_pages_available():
+        return
+    if not default_backend_is_cpu():
         return
     sys.stdout.flush()
     sys.stderr.flush()
