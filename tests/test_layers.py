@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
+from ib_attention_jax.models import backend, create_model
+from ib_attention_jax.models.conv import resolve_conv_impl
 from ib_attention_jax.models.layers import adaptive_avg_pool, max_pool, tiled_max_pool
 
 
@@ -45,7 +47,8 @@ def test_tiled_max_pool_gradient_goes_to_the_first_maximum_in_row_major_order():
     np.testing.assert_array_equal(np.asarray(dx).reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
 
 
-def test_max_pool_routes_tiling_pools_to_the_tiled_form_and_others_to_reduce_window():
+def test_max_pool_routes_tiling_pools_to_the_tiled_form_and_others_to_reduce_window(monkeypatch):
+    monkeypatch.setattr(backend, "platform", lambda: "cpu")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 7, 3)), jnp.float32)
     jaxpr = str(jax.make_jaxpr(lambda x: max_pool(x[:, :6, :6], 2))(x))
     assert "reduce_window" not in jaxpr and "custom_vjp" in jaxpr
@@ -67,3 +70,29 @@ def test_tiled_max_pool_propagates_nan_and_routes_its_gradient_to_it_like_pytorc
     y, vjp = jax.vjp(lambda x: tiled_max_pool(x, 2), x)
     assert np.isnan(float(y[0, 0, 0, 0]))
     np.testing.assert_array_equal(np.asarray(vjp(jnp.ones_like(y))[0]).reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Names of the primitives of a jaxpr and of the jaxprs inside it."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_on_gpu_and_tpu_every_pool_is_xlas_reduce_window(platform, monkeypatch):
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 8, 3)), jnp.float32)
+    monkeypatch.setattr(backend, "platform", lambda: platform)
+    prims = _primitives(jax.make_jaxpr(lambda x: max_pool(x, 2))(x).jaxpr)
+    assert "reduce_window_max" in prims and not any("custom_vjp" in p for p in prims)
+    np.testing.assert_array_equal(np.asarray(max_pool(x, 2)), np.asarray(tiled_max_pool(x, 2)))
+    assert resolve_conv_impl("auto", (3, 3, 64, 64), 1, jnp.float32, 32) == "xla"  # the same rule as the convolutions
+    model = create_model("small_aib", 10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), deterministic=True))
+    prims = _primitives(jax.make_jaxpr(lambda v, x: model.apply(v, x, deterministic=True))(
+        variables, jnp.zeros((2, 32, 32, 3))).jaxpr)
+    assert "reduce_window_max" in prims and "conv_general_dilated" in prims
+    assert not any("custom_vjp" in p for p in prims)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ib_attention_jax.models import backend
 from ib_attention_jax.models.winograd import conv2d_winograd
 
 Array = jax.Array
@@ -54,7 +55,7 @@ def resolve_conv_impl(impl: str, kernel_shape: Sequence[int] | None = None, stri
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
     if impl == "auto":
-        if jax.default_backend() != "cpu":
+        if not backend.on_cpu():
             return "xla"
         worthwhile = (kernel_shape is not None and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
                       and map_size is not None and map_size >= WINOGRAD_MIN_MAP

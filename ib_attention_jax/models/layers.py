@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ib_attention_jax.models import backend
+
 Array = jax.Array
 
 # PyTorch's defaults and the official initialisers, as Flax initialisers.
@@ -136,12 +138,14 @@ def batch_norm(train: bool, axis_name: str | None = None, dtype: Any = None, nam
 def max_pool(x: Array, window: int = 2, stride: int | None = None, padding: int = 0) -> Array:
     """NHWC max-pool with symmetric padding (PyTorch ``MaxPool2d``).
 
-    Non-overlapping windows that tile the map (VGG's 2x2 pools) go through
-    :func:`tiled_max_pool`; other pools through ``lax.reduce_window``.
+    On CPU (:func:`ib_attention_jax.models.backend.on_cpu`, the rule of the convolutions' ``"auto"``),
+    non-overlapping windows that tile the map (VGG's 2x2 pools) go through :func:`tiled_max_pool`;
+    other pools, and every pool on GPU/TPU, through ``lax.reduce_window``.
     """
     stride = window if stride is None else stride
     _, h, w, _ = x.shape
-    if stride == window and padding == 0 and h % window == 0 and w % window == 0 and window <= 8:  # int8 positions
+    tiles = stride == window and padding == 0 and h % window == 0 and w % window == 0 and window <= 8  # int8 positions
+    if tiles and backend.on_cpu():
         return tiled_max_pool(x, window)
     pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
