@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ib_attention_jax.interop import baselines_parity as bp
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.parity import ARRAY_TOL, SCALAR_TOL
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "baselines_parity"
 REPO = pathlib.Path(__file__).parent.parent

@@ -82,10 +82,10 @@ def test_torch_device_falls_back_to_cpu_and_refuses_a_missing_gpu():
 def test_torch_bench_in_channels_last_and_bfloat16_trains_the_same_model():
     torch = pytest.importorskip("torch", reason="the PyTorch side of the benchmark needs torch")
     from experiments.benchmarks.train_step import TorchBench
-    from ib_attention_jax.interop import torch_reference
+    from experiments.support import torch_models
 
     torch.manual_seed(0)
-    state_dict = {k: v.numpy().copy() for k, v in torch_reference.create_torch_model("vgg_aib").state_dict().items()}
+    state_dict = {k: v.numpy().copy() for k, v in torch_models.create_torch_model("vgg_aib").state_dict().items()}
     rng = np.random.default_rng(0)
     images, labels = rng.standard_normal((2, 32, 32, 3)).astype(np.float32), np.array([3, 7])
     losses = {}

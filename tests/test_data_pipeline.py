@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments.support import synthetic_images
 from ib_attention_jax import data
-from ib_attention_jax.data import synthetic
 from ib_attention_jax.data.recipes import RECIPES
 
 # caltech_birds2011 is read with its segmentation mask left encoded (SkipDecoding); tfds's mock can only
@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.getbasetemp() / "tfds_synthetic"
-    synthetic.build("cub_tiny", str(path))
+    synthetic_images.build("cub_tiny", str(path))
     return str(path)
 
 
@@ -128,7 +128,7 @@ def test_split_strings_pass_through_for_a_validation_split(data_dir):
 
 
 def test_cub_shaped_real_build_with_skipped_masks(synthetic_dir):
-    recipe = synthetic.recipe("cub_tiny")
+    recipe = synthetic_images.recipe("cub_tiny")
     assert recipe.skip_decoding == ("segmentation_mask",)
     source = data.open_source(recipe, "train", synthetic_dir)
     assert isinstance(source[0]["segmentation_mask"], bytes)  # left encoded

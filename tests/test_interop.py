@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest, synthetic_state_dict
 from ib_attention_jax.interop.state_dict import (
     StateDictError,
     from_state_dict,
@@ -17,7 +18,6 @@ from ib_attention_jax.interop.state_dict import (
     to_state_dict,
     variable_shapes,
 )
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest, synthetic_state_dict
 from ib_attention_jax.models.cub import PooledLinearEncoder
 from ib_attention_jax.models.registry import create_model, get_spec, list_models
 

@@ -173,7 +173,7 @@ def _round_trip(tmp_path, model, official_in, **export):
 
 def test_vgg_best_acc_tar_round_trips_bitwise(tmp_path):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    from ib_attention_jax.interop.torch_reference import VGGAIB
+    from experiments.support.torch_models import VGGAIB
 
     fresh = torch.nn.DataParallel(VGGAIB(10, K=256))  # the script wraps the model whenever CUDA is there
     optimizer = torch.optim.SGD(fresh.parameters(), 0.01, momentum=0.9, weight_decay=5e-4)
@@ -191,7 +191,7 @@ def test_vgg_best_acc_tar_round_trips_bitwise(tmp_path):
 
 def test_wrn_checkpoint_pth_tar_round_trips_bitwise_and_loads_into_the_script(tmp_path):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    from ib_attention_jax.interop.torch_reference import WideResNetAIB
+    from experiments.support.torch_models import WideResNetAIB
 
     def script_model():  # the WRN-QT script: the optimiser on the bare model, then DataParallel
         model = WideResNetAIB(10, depth=10, widen_factor=2, K=16, qt_num=50)
@@ -217,7 +217,7 @@ def test_wrn_checkpoint_pth_tar_round_trips_bitwise_and_loads_into_the_script(tm
 
 def test_cub_best_acc_tar_round_trips_net_and_net_ema_bitwise(tmp_path):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
-    from ib_attention_jax.interop.synthetic import synthetic_state_dict
+    from ib_attention_jax.interop.fixture_weights import synthetic_state_dict
 
     manifest = parity_manifest("cub_vgg16_aib")
     net = torch_state_dict(parity_state_dict("cub_vgg16_aib"))
@@ -239,8 +239,8 @@ def test_cub_best_acc_tar_round_trips_net_and_net_ema_bitwise(tmp_path):
 
 def test_the_vgg_qt_optimizer_state_loads_into_the_scripts_own_optimizer(tmp_path):
     torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    from experiments.support.torch_models import VGGAIB
     from ib_attention_jax.interop.export import export_official
-    from ib_attention_jax.interop.torch_reference import VGGAIB
 
     net = torch.nn.DataParallel(VGGAIB(10, K=256, qt_num=20))
     anchors = [p for n, p in net.named_parameters() if n in ["emb.weight"]]  # the script's filter: matches nothing

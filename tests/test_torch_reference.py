@@ -1,4 +1,4 @@
-"""The PyTorch reference modules (``interop.torch_reference``) against the official outputs and the Flax models.
+"""The PyTorch reference models (``experiments.support.torch_models``) against the official outputs and Flax.
 
 These need the optional torch extra (``make torch``) and are skipped without it. Their
 CPU/numpy twin is ``tests/test_parity.py``: that one runs the Flax models on the same
@@ -19,9 +19,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs the optional torch extra: make torch")
 
+from experiments.support import torch_models as tr  # noqa: E402
 from ib_attention_jax import create_model  # noqa: E402
 from ib_attention_jax.interop import parity, state_dict_from_manifest, to_state_dict  # noqa: E402
-from ib_attention_jax.interop import torch_reference as tr  # noqa: E402
 from ib_attention_jax.objectives import aib_loss, official_objective  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "official_parity"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from weight_checks import assert_trees_bitwise_equal, random_variables
 
+from ib_attention_jax.interop.fixture_weights import synthetic_state_dict
 from ib_attention_jax.interop.init_from import load_state_dict_init
 from ib_attention_jax.interop.state_dict import StateDictError
-from ib_attention_jax.interop.synthetic import synthetic_state_dict
 from ib_attention_jax.interop.torchvision import BACKBONES, detect_backbone
 from ib_attention_jax.models.cub import ResNetStage, VGG16Front, WRN50Front
 from ib_attention_jax.models.registry import create_model

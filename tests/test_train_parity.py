@@ -16,7 +16,7 @@ import pytest
 
 from ib_attention_jax.data import get_recipe
 from ib_attention_jax.interop import parity, train_records
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "official_train_step"
 REPO = pathlib.Path(__file__).parent.parent

@@ -16,13 +16,13 @@ import os
 import tempfile
 import time
 
+from experiments.support import synthetic_images
 from ib_attention_jax import data
-from ib_attention_jax.data import synthetic
 from ib_attention_jax.data.recipes import Recipe
 
 PIPELINES = {  # name -> (recipe, per-host batch size of the official recipe)
-    "cifar (synthetic_images/cifar)": (synthetic.recipe("cifar"), 128),
-    "cub (synthetic_images/cub)": (synthetic.recipe("cub"), 16),
+    "cifar (synthetic_images/cifar)": (synthetic_images.recipe("cifar"), 128),
+    "cub (synthetic_images/cub)": (synthetic_images.recipe("cub"), 16),
     "cluttered_digits": (data.get_recipe("cluttered_digits"), 128),
 }
 
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     for config in ("cifar", "cub"):
-        synthetic.build(config, args.data_dir)
+        synthetic_images.build(config, args.data_dir)
     data.build_cluttered_digits(args.data_dir)
 
     print(f"CPU cores: {os.cpu_count()}, threads per process: {args.threads}, timed batches: {args.batches}")

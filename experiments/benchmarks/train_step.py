@@ -7,7 +7,7 @@
     python -m experiments.benchmarks.train_step --model wrn_aib --batch 128 --dtype bfloat16 --torch-channels-last
 
 Both sides train the same model from the same weights (the JAX init, exported with
-``interop.to_state_dict`` and loaded into ``interop.torch_reference`` with strict=True)
+``interop.to_state_dict`` and loaded into ``experiments.support.torch_models`` with strict=True)
 on one fixed random batch (no input pipeline), with the official CIFAR recipe: SGD
 lr 0.01, momentum 0.9, weight decay 5e-4 (coupled, as torch.optim.SGD), the official
 loss (CE/ln2 + beta*c*KL/ln2 (+ 0.4 vq + 0.1 commit)), num_sample 1, train mode.
@@ -216,11 +216,11 @@ class JaxBench(Bench):
         import jax
         import jax.numpy as jnp
         import ml_collections
+        from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
 
         from ib_attention_jax.objectives import official_objective
         from ib_attention_jax.training.loop import build_model
         from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-        from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
         from ib_attention_jax.training.state import TrainState
         from ib_attention_jax.training.step import StepConfig, make_train_step
 
@@ -293,10 +293,10 @@ class TorchBench(Bench):
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
-        from ib_attention_jax.interop import torch_reference
+        from experiments.support import torch_models
 
         self.name, self.setup, self.runs, self.losses = "torch", {}, [], []
-        self._torch, self._ref = torch, torch_reference
+        self._torch, self._ref = torch, torch_models
         self.device, self.channels_last = torch.device(device), channels_last
         self.cuda = self.device.type == "cuda"
         torch.set_num_threads(threads)
@@ -305,7 +305,7 @@ class TorchBench(Bench):
             torch.cuda.reset_peak_memory_stats(self.device)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         t = time.perf_counter()
-        self.model = torch_reference.create_torch_model(model_name, NUM_CLASSES)
+        self.model = torch_models.create_torch_model(model_name, NUM_CLASSES)
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
         self.model.to(self.device, memory_format=memory_format)
         self.model.train()

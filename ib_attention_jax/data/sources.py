@@ -30,8 +30,6 @@ def register_builders(tfds_name: str) -> None:
     name = tfds_name.split("/")[0]
     if name == "cluttered_digits":
         import ib_attention_jax.data.cluttered_digits  # noqa: F401  (registers the builder)
-    elif name == "synthetic_images":
-        import ib_attention_jax.data.synthetic  # noqa: F401  (registers the builder)
 
 
 def default_data_dir() -> str:

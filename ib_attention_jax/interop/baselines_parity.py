@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.parity import NOT_COMPARED, Comparison, ParityReport, compare, load_fixture
 from ib_attention_jax.interop.state_dict import from_state_dict
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.objectives import ObjectiveConfig, aib_loss
 

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ib_attention_jax.interop import schedule_parity, train_parity
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import from_state_dict
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 from ib_attention_jax.models.conv import CONV_IMPLS
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.objectives import aib_loss, kl_consistent_rows, kl_official_rows, official_objective

@@ -43,8 +43,8 @@ import optax
 from ib_attention_jax import data as data_lib
 from ib_attention_jax.configs import official
 from ib_attention_jax.interop import train_records
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import from_state_dict, to_state_dict
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 from ib_attention_jax.models.registry import create_model, get_spec
 from ib_attention_jax.objectives import ObjectiveConfig
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer

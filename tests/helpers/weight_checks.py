@@ -9,8 +9,8 @@ import pathlib
 import numpy as np
 from flax import traverse_util
 
+from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import variable_shapes
-from ib_attention_jax.interop.synthetic import state_dict_from_manifest
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 

@@ -146,6 +146,6 @@ def recipe(config: str) -> Recipe:
         base,
         name=f"synthetic_{config}",
         tfds_name=f"{NAME}/{config}",
-        prepare_hint=f'Build it: python -c "from ib_attention_jax.data import synthetic; '
-        f"synthetic.build('{config}', 'DATA_DIR')\"",
+        prepare_hint=f'Build it: python -c "from experiments.support import synthetic_images; '
+        f"synthetic_images.build('{config}', 'DATA_DIR')\"",
     )
