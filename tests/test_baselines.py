@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from ib_attention_jax.training.parallel import Runner
 
 from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import from_state_dict, to_state_dict, variable_shapes
@@ -19,6 +18,7 @@ from ib_attention_jax.models.ltpa import mixture_map
 from ib_attention_jax.models.registry import create_model, get_spec, list_models
 from ib_attention_jax.objectives import ObjectiveConfig, aib_loss, cross_entropy
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
+from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import StepConfig, make_eval_step, make_train_step
 
@@ -333,9 +333,9 @@ def test_ltpa_recipe_reproduces_the_public_lambda_schedule_over_its_three_passes
 def test_ltpa_evaluation_scores_each_map_beside_their_mean():
     """LTPA's three maps each get the pointing game, the mass in the box and deletion/insertion."""
     import optax
-    from ib_attention_jax.training.parallel import Runner
 
     from ib_attention_jax.evaluation.evaluate import AttentionMetricsOptions, evaluate
+    from ib_attention_jax.training.parallel import Runner
     from ib_attention_jax.training.state import TrainState
     from ib_attention_jax.training.step import StepConfig, make_eval_step
 
