@@ -36,7 +36,7 @@ _EXPORTS = {
     "StepConfig": "ib_attention_jax.training.step",
     "compute_loss": "ib_attention_jax.training.step",
     "make_train_step": "ib_attention_jax.training.step",
-    "make_eval_step": "ib_attention_jax.training.step",
+    "make_eval_step": "ib_attention_jax.evaluation.step",
     "TrainState": "ib_attention_jax.training.state",
     # data (the train extra)
     "Recipe": "ib_attention_jax.data.recipes",

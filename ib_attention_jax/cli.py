@@ -30,13 +30,13 @@ from absl import logging as absl_logging
 from ib_attention_jax import cpu_memory
 from ib_attention_jax.configs import schema
 from ib_attention_jax.errors import ConfigError, UserError
+from ib_attention_jax.modes import MODES
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "experiment config: a Python file with get_config() (FILE.py:ARG passes ARG) or a config.json; "
     "default: the workdir's own config.json. Override keys with --config.KEY=VALUE")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and outputs (one run each)")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "export_attention", "export_official",
-                                             "linear_probe", "report"], "what to do")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "what to do")
 _OUTPUT = flags.DEFINE_string("output", None, "export_official: the official checkpoint file to write")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 20, "export_attention: how many test images")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "log at INFO level (Orbax, tfds and the loop)")
@@ -63,23 +63,9 @@ def load_config(config_file: str | None, workdir: str, overrides: list[tuple[str
 def _run() -> dict:
     config = load_config(_CONFIG.value, _WORKDIR.value, _OVERRIDES)
     schema.check_config(config)  # before the heavy imports: a bad config fails in a second or two
-    from ib_attention_jax.training import run_modes
+    from ib_attention_jax.modes import run_mode  # joins a multi-host run first, whatever the mode
 
-    if _MODE.value == "train":
-        return run_modes.train(config, _WORKDIR.value)
-    if _MODE.value == "evaluate":
-        return run_modes.evaluate_checkpoint(config, _WORKDIR.value)
-    if _MODE.value == "export_official":
-        return run_modes.export_official(config, _WORKDIR.value, _OUTPUT.value)
-    if _MODE.value == "linear_probe":
-        from ib_attention_jax.evaluation.probe import linear_probe
-
-        return linear_probe(config, _WORKDIR.value)
-    if _MODE.value == "report":
-        from ib_attention_jax.evaluation.report import run_report
-
-        return run_report(config, _WORKDIR.value)
-    return run_modes.export_attention(config, _WORKDIR.value, _NUM_IMAGES.value)
+    return run_mode(_MODE.value, config, _WORKDIR.value, output=_OUTPUT.value, num_images=_NUM_IMAGES.value)
 
 
 def _fail(message: str, status: int = 1) -> None:

@@ -27,11 +27,10 @@ from test_training_loop import REPO, SMALL
 from xla_flags import add_fast_compile_flags
 
 from ib_attention_jax import data
+from ib_attention_jax.runtime.parallel import AXIS, Runner
 from ib_attention_jax.training.checkpoint import Checkpointer, CheckpointSaveError
 from ib_attention_jax.training.loop import KILL_DURING_SAVE_ENV
-from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.selection import BestCheckpoint
-from ib_attention_jax.training.step import AXIS
 
 NO_SPACE = "No space left on device [os_error_code='28']"  # what tensorstore reports on a full disk
 

@@ -10,7 +10,7 @@ import pytest
 from html_check import chromium, images_in_html, render_images
 
 from ib_attention_jax import data
-from ib_attention_jax.evaluation.compare import PRESETS, ROW_KEYS, parse_overrides, run_comparison, run_config
+from ib_attention_jax.modes.compare import PRESETS, ROW_KEYS, parse_overrides, run_comparison, run_config
 from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV
 
 REPO = pathlib.Path(__file__).parent.parent

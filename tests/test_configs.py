@@ -9,9 +9,9 @@ import pytest
 
 from ib_attention_jax import data as data_lib
 from ib_attention_jax.models.registry import get_spec
+from ib_attention_jax.runtime.parallel import Runner
 from ib_attention_jax.training.loop import _objective, _optimizer_config, build_model
 from ib_attention_jax.training.optimizers import make_optimizer
-from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import StepConfig, make_train_step
 

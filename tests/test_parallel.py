@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ib_attention_jax.training.parallel import RecompilationError, Runner, host_batch_index
-from ib_attention_jax.training.step import AXIS
+from ib_attention_jax.runtime.parallel import AXIS, RecompilationError, Runner, host_batch_index
 
 HELPERS = pathlib.Path(__file__).parent / "helpers"
 ROOT = pathlib.Path(__file__).parents[1]

@@ -25,8 +25,8 @@ from test_training_loop import REPO, SMALL
 from xla_flags import add_fast_compile_flags
 
 from ib_attention_jax import data
+from ib_attention_jax.runtime.parallel import STOP, Runner
 from ib_attention_jax.training.checkpoint import Checkpointer
-from ib_attention_jax.training.parallel import STOP, Runner
 
 NUM_PROCESSES = 2
 TIMEOUT = 240  # seconds for one multi-process run (start, compile, train, evaluate) on a busy 2-core machine

@@ -7,8 +7,9 @@ import optax
 import pytest
 
 from ib_attention_jax import ObjectiveConfig, StepConfig, TrainState, compute_loss, create_model, make_train_step
-from ib_attention_jax.training.parallel import Runner
-from ib_attention_jax.training.step import AXIS, make_eval_step, step_rngs
+from ib_attention_jax.evaluation.step import make_eval_step
+from ib_attention_jax.runtime.parallel import AXIS, Runner
+from ib_attention_jax.training.step import step_rngs
 
 CONFIG = StepConfig(ObjectiveConfig(), num_samples=2)
 

@@ -13,7 +13,9 @@ import pytest
 
 from ib_attention_jax import data
 from ib_attention_jax.configs.quickstart import quickstart
-from ib_attention_jax.training import run_modes
+from ib_attention_jax.modes.evaluate import evaluate_checkpoint
+from ib_attention_jax.modes.export_attention import export_attention
+from ib_attention_jax.modes.train import train as train_mode
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV, NonFiniteLossError, build_experiment
 
@@ -54,7 +56,7 @@ def final_params(workdir, data_dir, step: int):
 
 
 def test_train_evaluate_and_export_write_their_outputs(tmp_path, data_dir):
-    summary = run_modes.train(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
+    summary = train_mode(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
     for key in ("test_accuracy_mc", "test_accuracy_mean", "pointing_game", "energy_in_box", "wall_seconds"):
         assert key in summary
     assert summary["num_eval_examples"] == 64
@@ -66,17 +68,17 @@ def test_train_evaluate_and_export_write_their_outputs(tmp_path, data_dir):
     assert {"ce", "kl", "vq_loss", "commit_loss", "anchor_perplexity", "anchor_usage", "images_per_second"} <= set(
         train[-1])
     assert [x for x in lines if x["kind"] == "eval"]
-    evaluated = run_modes.evaluate_checkpoint(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
+    evaluated = evaluate_checkpoint(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
     assert evaluated["step"] == 4
     assert evaluated["accuracy_mc"] == pytest.approx(summary["test_accuracy_mc"])
-    exported = run_modes.export_attention(small_config(data_dir, model="small_aib_qt"), str(tmp_path), 5)
+    exported = export_attention(small_config(data_dir, model="small_aib_qt"), str(tmp_path), 5)
     names = sorted(p.name for p in (tmp_path / "attention_maps").iterdir())
     assert exported["files"] == 15 and "test_0000_att00_q.png" in names and "grid.png" in names
 
 
 def test_validation_split_selects_and_keeps_the_best_state_with_its_score(tmp_path, data_dir):
     config = small_config(data_dir, validation_split="train[512:576]", eval_every_steps=2)
-    summary = run_modes.train(config, str(tmp_path))
+    summary = train_mode(config, str(tmp_path))
     assert summary["validation_split"] == "train[512:576]"
     assert summary["selected_step"] in (2, 4)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -172,4 +174,4 @@ def test_non_finite_loss_stops_with_step_parts_and_checkpoint(tmp_path, data_dir
     config = small_config(data_dir, num_steps=8, checkpoint_every_steps=1)
     config.optimizer.update(name="sgd", learning_rate=1e30, schedule="constant")
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: parts .*'ce'.*last good checkpoint"):
-        run_modes.train(config, str(tmp_path))
+        train_mode(config, str(tmp_path))

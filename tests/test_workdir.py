@@ -93,7 +93,9 @@ def test_evaluation_needs_an_existing_writable_workdir_and_says_so_at_once(tmp_p
 
 
 def test_evaluation_checks_the_workdir_before_any_work(tmp_path, monkeypatch):
-    from ib_attention_jax.training import run_modes
+    from ib_attention_jax.modes import restore
+    from ib_attention_jax.modes.evaluate import evaluate_checkpoint
+    from ib_attention_jax.modes.export_attention import export_attention
 
     with open_run(quickstart(), tmp_path, train=True) as run:
         run.record()
@@ -101,8 +103,8 @@ def test_evaluation_checks_the_workdir_before_any_work(tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("the evaluation started working on a workdir it cannot write")
 
-    monkeypatch.setattr(run_modes, "build_experiment", no_work)
-    monkeypatch.setattr(run_modes, "ensure_embedded", no_work)
+    monkeypatch.setattr(restore, "build_experiment", no_work)
+    monkeypatch.setattr(restore, "ensure_embedded", no_work)
     real_open = os.open
 
     def no_permission(path, flags, *args):
@@ -112,9 +114,9 @@ def test_evaluation_checks_the_workdir_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(workdir_lib.os, "open", no_permission)
     with pytest.raises(WorkdirError, match="cannot write to the workdir"):
-        run_modes.evaluate_checkpoint(quickstart(), str(tmp_path))
+        evaluate_checkpoint(quickstart(), str(tmp_path))
     with pytest.raises(WorkdirError, match="cannot write to the workdir"):
-        run_modes.export_attention(quickstart(), str(tmp_path))
+        export_attention(quickstart(), str(tmp_path))
 
 
 def test_a_second_run_on_a_locked_workdir_is_refused_with_who_holds_it(tmp_path):

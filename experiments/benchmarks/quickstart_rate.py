@@ -64,8 +64,8 @@ def measure(data_dir: str, warmup: int, steps: int, batch_size: int | None = Non
     from experiments.benchmarks.train_step import device_name, xla_flops
     from ib_attention_jax import data as data_lib
     from ib_attention_jax.configs.quickstart import quickstart
+    from ib_attention_jax.runtime.parallel import Runner, host_batch_index, train_feed
     from ib_attention_jax.training.loop import build_experiment
-    from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
     from ib_attention_jax.training.step import make_train_step
 
     config = quickstart()

@@ -45,8 +45,8 @@ from experiments.benchmarks.input_pipeline import images_per_second  # noqa: E40
 from ib_attention_jax import cpu_memory  # noqa: E402
 from ib_attention_jax import data as data_lib  # noqa: E402
 from ib_attention_jax.configs.quickstart import quickstart  # noqa: E402
+from ib_attention_jax.runtime.parallel import Runner, host_batch_index, train_feed  # noqa: E402
 from ib_attention_jax.training.loop import build_experiment  # noqa: E402
-from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed  # noqa: E402
 from ib_attention_jax.training.step import make_train_step  # noqa: E402
 
 

@@ -306,8 +306,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     from ib_attention_jax.data.recipes import NORMALIZATIONS, RECIPES, get_recipe
     from ib_attention_jax.models.registry import MODELS, get_spec
     from ib_attention_jax.objectives import KL_FORMS, UNITS
+    from ib_attention_jax.runtime.parallel import MODES
     from ib_attention_jax.training.optimizers import OPTIMIZERS
-    from ib_attention_jax.training.parallel import MODES
     from ib_attention_jax.training.schedules import SCHEDULES
 
     problems: list[str] = []

@@ -26,8 +26,8 @@ from ib_attention_jax.evaluation.attention_metrics import (
     nearest_anchor_index,
 )
 from ib_attention_jax.evaluation.localization import box_area_fraction, energy_in_box, pointing_game
-from ib_attention_jax.training.parallel import Runner, host_batch_index
-from ib_attention_jax.training.step import MAP_PREFIX
+from ib_attention_jax.evaluation.step import MAP_PREFIX
+from ib_attention_jax.runtime.parallel import Runner, host_batch_index
 
 LOCALIZATION_KEYS = ("pointing_game", "energy_in_box", "box_area_fraction")
 _step_names = itertools.count()

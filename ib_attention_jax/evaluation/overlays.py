@@ -9,16 +9,18 @@ image pixels with exclusive max.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from ib_attention_jax.evaluation.localization import as_maps
+from ib_attention_jax.runtime.atomic import atomic_write_bytes
+from ib_attention_jax.runtime.paths import as_path
 
 __all__ = [
     "GRID_PAD",
@@ -132,22 +134,11 @@ def _quantized_gray(quantized: np.ndarray, size_hw: tuple[int, int]) -> np.ndarr
     return np.clip(np.rint(up * 255.0), 0, 255).astype(np.uint8)
 
 
-def _atomic_save(image: Image.Image, path: Path) -> Path:
-    """Save a PNG through a temporary file in the same directory and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def _save_png(image: Image.Image, path: epath.Path) -> epath.Path:
+    """Encode ``image`` as PNG and write it atomically (local or remote), so readers never see half a file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def grid_size(
@@ -205,12 +196,12 @@ def save_attention_grid(
     images_uint8: np.ndarray,
     maps: np.ndarray,
     **options: Any,
-) -> Path:
-    """Write `attention_grid`'s contact sheet as one PNG and return its path.
+) -> epath.Path:
+    """Write `attention_grid`'s contact sheet as one PNG and return its path (local or ``gs://``).
 
-    The file is written atomically (temporary file in the same directory, then os.replace).
+    The file is written atomically (`runtime.atomic`: a temporary sibling renamed over it, or one upload).
     """
-    return _atomic_save(attention_grid(images_uint8, maps, **options), Path(path))
+    return _save_png(attention_grid(images_uint8, maps, **options), as_path(path))
 
 
 def examples_grid(examples: dict[str, np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray | None:
@@ -309,8 +300,9 @@ def save_attention_maps(
     *,
     quantized_maps: np.ndarray | None = None,
     prefix: str = "test",
-) -> list[Path]:
-    """Write per-image PNGs named like the official dumps and return their paths (in writing order).
+) -> list[epath.Path]:
+    """Write per-image PNGs named like the official dumps into ``dir`` (local or ``gs://``) and return their
+    paths (in writing order).
 
     For example idx: `{prefix}_{idx:04d}.png` (the image), `{prefix}_{idx:04d}_att00.png` (the continuous
     map bilinear-resized to the image size, then min-max scaled to 0..255 so it spans the full range,
@@ -329,12 +321,12 @@ def save_attention_maps(
         _check_batch(images, q, "quantized_maps")
         quantized = _quantized_gray(q, size_hw)  # (b, H, W)
 
-    out_dir = Path(dir)
-    written: list[Path] = []
+    out_dir = as_path(dir)
+    written: list[epath.Path] = []
     for idx in range(images.shape[0]):
         stem = f"{prefix}_{idx:04d}"
-        written.append(_atomic_save(Image.fromarray(images[idx]), out_dir / f"{stem}.png"))
-        written.append(_atomic_save(Image.fromarray(continuous[idx]), out_dir / f"{stem}_att00.png"))
+        written.append(_save_png(Image.fromarray(images[idx]), out_dir / f"{stem}.png"))
+        written.append(_save_png(Image.fromarray(continuous[idx]), out_dir / f"{stem}_att00.png"))
         if quantized is not None:
-            written.append(_atomic_save(Image.fromarray(quantized[idx]), out_dir / f"{stem}_att00_q.png"))
+            written.append(_save_png(Image.fromarray(quantized[idx]), out_dir / f"{stem}_att00_q.png"))
     return written

@@ -16,14 +16,14 @@ The official code has no cross-domain code; its leftovers point to the protocol 
   grid on a stratified held-out part of the probe's train split, then refitted on the whole train split
   and scored once on the test split.
 
-``fit_linear_probe`` is the pure core; ``linear_probe(config, workdir)`` is ``--mode=linear_probe``, which
-writes ``probe.json``. ``probe_accuracy`` there is the pooled features' test accuracy (defined for every model).
+``fit_linear_probe`` is the pure core, ``run_probe`` probes a restored state; ``--mode=linear_probe``
+(``modes/probe.py``) restores a workdir's weights and writes ``probe.json``. ``probe_accuracy`` there is the
+pooled features' test accuracy (defined for every model).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,7 +36,7 @@ from ib_attention_jax import data as data_lib
 from ib_attention_jax.data import cluttered_digits
 from ib_attention_jax.data.recipes import Recipe
 from ib_attention_jax.errors import ConfigError
-from ib_attention_jax.training.parallel import Runner, host_batch_index
+from ib_attention_jax.runtime.parallel import Runner, host_batch_index
 
 CLASSIFIERS = ("logistic", "linear_svm")
 # The dataset a model is probed on when config.probe.dataset is None.
@@ -217,28 +217,26 @@ def _split(split: str | None, default: str, limit: int) -> str:
     return f"{split}[:{limit}]" if limit and "[" not in split else split
 
 
-def linear_probe(config, workdir: str) -> dict[str, Any]:
-    """``--mode=linear_probe``: features of the trained weights on another dataset, a linear probe, probe.json."""
-    from ib_attention_jax.evaluation.restore import restore_for_evaluation
+def run_probe(config, model: Any, runner: Runner, state: Any, host_batch: int) -> dict[str, Any]:
+    """Features of the trained ``state`` (in ``runner``'s layout) on the probe dataset, the linear probes fitted
+    on them: ``probe.json``'s contents without the checkpoint it came from. ``host_batch``: this host's part of
+    the eval batch; the embedded probe datasets are built on first use."""
     from ib_attention_jax.models.registry import get_spec
-    from ib_attention_jax.training.paths import as_path, atomic_write_text
 
     probe = config.probe
     name = probe_dataset(config)
     recipe = probe_recipe(name)
     ensure_probe_data(recipe, config.get("data_dir"))
-    restored = restore_for_evaluation(config, workdir)
-    exp, runner, config = restored.experiment, restored.runner, restored.config
     image_size = get_spec(config.model).image_size
     normalization = config.get("normalization") or data_lib.get_recipe(config.dataset).normalization
-    step = runner.compile_eval_step(make_feature_step(exp.model, config.get("eval_ema", False)), name="probe_features")
+    step = runner.compile_eval_step(make_feature_step(model, config.get("eval_ema", False)), name="probe_features")
     splits = {"train": _split(probe.get("train_split"), recipe.train_split, probe.get("max_train_examples", 0)),
               "test": _split(probe.get("test_split"), recipe.eval_split, probe.get("max_test_examples", 0))}
     features, labels = {}, {}
     for part, split in splits.items():
-        batches = data_lib.make_eval_iterator(recipe, batch_size=exp.host_eval_batch, data_dir=config.get("data_dir"),
+        batches = data_lib.make_eval_iterator(recipe, batch_size=host_batch, data_dir=config.get("data_dir"),
                                               split=split, image_size=image_size, normalization=normalization)
-        features[part], labels[part] = extract_features(runner, step, restored.state, batches)
+        features[part], labels[part] = extract_features(runner, step, state, batches)
     results = {}
     for key in features["train"]:
         results[key] = fit_linear_probe(features["train"][key], labels["train"], features["test"][key],
@@ -246,11 +244,7 @@ def linear_probe(config, workdir: str) -> dict[str, Any]:
                                         regularization=tuple(probe.get("regularization", (1.0,))),
                                         validation_fraction=probe.get("validation_fraction", 0.2),
                                         seed=config.get("seed", 0)).to_json()
-    summary = {"model": config.model, "trained_on": config.dataset, "dataset": name, "splits": splits,
-               "image_size": image_size, "normalization": normalization, "classifier": probe.get("classifier"),
-               "checkpoint_step": restored.step, "weights": restored.weights, "features": results,
-               "probe_accuracy": results["pooled_features"]["test_accuracy"],
-               "probe_accuracy_latent": results["latent_mean"]["test_accuracy"] if "latent_mean" in results else None}
-    if jax.process_index() == 0:
-        atomic_write_text(as_path(workdir) / "probe.json", json.dumps(summary, indent=2))
-    return summary
+    return {"model": config.model, "trained_on": config.dataset, "dataset": name, "splits": splits,
+            "image_size": image_size, "normalization": normalization, "classifier": probe.get("classifier"),
+            "features": results, "probe_accuracy": results["pooled_features"]["test_accuracy"],
+            "probe_accuracy_latent": results["latent_mean"]["test_accuracy"] if "latent_mean" in results else None}

@@ -1,4 +1,5 @@
-"""``report.html``: one self-contained page per run (``--mode=report``), every plot a base64 PNG inside it.
+"""``report.html``: one self-contained page per run (``--mode=report``, ``modes/report.py``), every plot a
+base64 PNG inside it.
 
 The page is built from what a run leaves in its workdir: ``metrics.jsonl`` (training curves),
 ``summary.json`` or ``eval.json`` (the evaluation table, deletion/insertion curves, anchor usage),
@@ -18,9 +19,10 @@ from typing import Any
 
 from ib_attention_jax.errors import UserError
 from ib_attention_jax.evaluation import plots
-from ib_attention_jax.training.paths import as_path, atomic_write_text
+from ib_attention_jax.runtime.atomic import atomic_write_text
+from ib_attention_jax.runtime.paths import as_path
 
-__all__ = ["EVAL_ROWS", "NothingToReportError", "html_page", "img_tag", "read_metrics", "run_report", "table_html",
+__all__ = ["EVAL_ROWS", "NothingToReportError", "html_page", "img_tag", "read_metrics", "table_html",
            "write_run_report"]
 
 
@@ -190,7 +192,3 @@ def write_run_report(workdir, title: str | None = None) -> dict[str, Any]:
     atomic_write_text(path, page)
     return {"report": str(path), "plots": plotted}
 
-
-def run_report(config, workdir: str) -> dict[str, Any]:
-    """``--mode=report``: the run's report page (the config names the page)."""
-    return write_run_report(workdir, title=f"{config.model} on {config.dataset}")

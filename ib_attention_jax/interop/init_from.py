@@ -39,7 +39,7 @@ from ib_attention_jax.interop.state_dict import (
 )
 from ib_attention_jax.interop.torchvision import backbone_entries, detect_backbone
 from ib_attention_jax.models.registry import get_spec
-from ib_attention_jax.training.paths import as_path
+from ib_attention_jax.runtime.paths import as_path
 
 _LAYOUT_NAMES = {"vgg": "official VGG checkpoint", "wrn": "official WRN checkpoint",
                  "cub": "official CUB checkpoint", "state_dict": "state_dict"}

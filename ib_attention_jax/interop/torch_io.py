@@ -2,8 +2,8 @@
 
 ``torch.load`` runs with ``weights_only=True``: only tensors, containers and the argparse
 Namespace the official scripts store are unpickled, never code. Paths may be local or
-``gs://`` (etils.epath). Files are written atomically: to a temporary sibling, then renamed
-over the target, so an interrupted write never leaves a half file under the target's name.
+``gs://`` (etils.epath). Files are written atomically (``runtime.atomic``), so an interrupted write
+never leaves a half file under the target's name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 from ib_attention_jax.errors import UserError
 from ib_attention_jax.interop.official_layouts import OfficialContents, read_layout
 from ib_attention_jax.interop.state_dict import as_numpy
-from ib_attention_jax.training.paths import as_path
+from ib_attention_jax.runtime.atomic import atomic_write_bytes
+from ib_attention_jax.runtime.paths import as_path
 
 TORCH_HINT = "install the optional extra: pip install -r requirements-torch.txt (or `make torch`)"
 
@@ -103,19 +104,6 @@ def _to_tensors(obj: Any, torch) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_to_tensors(v, torch) for v in obj)
     return obj
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a temporary sibling of ``path`` and renames it over ``path``."""
-    target = as_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_torch_object(path: str | os.PathLike, obj: Any) -> None:

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ib_attention_jax.errors import UserError
-from ib_attention_jax.training.paths import as_path
+from ib_attention_jax.runtime.paths import as_path
 
 log = logging.getLogger(__name__)
 RUN_ITEM = "run"  # the JSON item {"run_id": ...} saved with every checkpoint

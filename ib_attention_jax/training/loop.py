@@ -34,18 +34,20 @@ from ib_attention_jax.configs import schema
 from ib_attention_jax.data.prepare import ensure_embedded
 from ib_attention_jax.errors import UserError
 from ib_attention_jax.evaluation.evaluate import EvalResult, attention_metrics_options, evaluate
-from ib_attention_jax.evaluation.overlays import examples_grid
+from ib_attention_jax.evaluation.overlays import denormalize, examples_grid, save_attention_grid
+from ib_attention_jax.evaluation.step import make_eval_step
 from ib_attention_jax.models.registry import create_model, get_spec
 from ib_attention_jax.objectives import ObjectiveConfig
+from ib_attention_jax.runtime.atomic import atomic_write_text
+from ib_attention_jax.runtime.distributed import initialize_distributed
+from ib_attention_jax.runtime.parallel import AXIS, STOP, Runner, host_batch_index, train_feed
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.metrics import MetricWriter, Progress, drop_rows_after
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import STOP, Runner, host_batch_index, train_feed
-from ib_attention_jax.training.paths import atomic_write_text, write_via_local_file
 from ib_attention_jax.training.remat import with_remat
 from ib_attention_jax.training.selection import BestCheckpoint
 from ib_attention_jax.training.state import TrainState
-from ib_attention_jax.training.step import AXIS, StepConfig, make_eval_step, make_train_step
+from ib_attention_jax.training.step import StepConfig, make_train_step
 from ib_attention_jax.training.workdir import Run, open_run
 
 log = logging.getLogger(__name__)
@@ -209,9 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     t_start = time.time()
     schema.check_config(config)
-    if config.get("distributed", False):
-        jax.distributed.initialize(coordinator_address=config.get("coordinator_address"),
-                                   num_processes=config.get("num_processes"), process_id=config.get("process_id"))
+    initialize_distributed(config)
     is_main = jax.process_index() == 0
     with open_run(config, workdir, train=True, is_main=is_main) as run:
         return _train(run, is_main, t_start)
@@ -432,13 +432,11 @@ def _plain(value: Any) -> Any:
 
 
 def _write_outputs(workdir, config, result: EvalResult, summary: dict) -> None:
-    from ib_attention_jax.evaluation.overlays import denormalize, save_attention_grid
-
     ex = result.examples
     if "attention" in ex and len(ex["image"]):
         mean, std = normalization_constants(config)
-        path = write_via_local_file(workdir / "attention_overlays.png", lambda name: save_attention_grid(
-            name, denormalize(ex["image"], mean, std), ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
-            quantized_maps=ex.get("attention_q"), boxes=ex.get("box")))
+        path = save_attention_grid(workdir / "attention_overlays.png", denormalize(ex["image"], mean, std),
+                                   ex["attention"], labels=ex["label"], predictions=ex["pred_mc"],
+                                   quantized_maps=ex.get("attention_q"), boxes=ex.get("box"))
         summary["attention_overlays"] = str(path)
     atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ib_attention_jax.training.paths import as_path, atomic_write_text
+from ib_attention_jax.runtime.atomic import atomic_write_text
+from ib_attention_jax.runtime.paths import as_path
 
 
 def _scalar(value: Any) -> Any:

@@ -1,14 +1,14 @@
-"""The train and eval steps: one pure function, on one device or data-parallel over an axis.
+"""The train step: one pure function, on one device or data-parallel over an axis.
 
 ``make_train_step(model, tx, config)`` is a single-device step for ``jax.jit``;
 ``axis_name="data"`` makes the same function the per-device step of a data-parallel run
-(``training/parallel.py`` runs it under ``jax.shard_map`` or ``jax.pmap``): gradients and loss
+(``runtime/parallel.py`` runs it under ``jax.shard_map`` or ``jax.pmap``): gradients and loss
 parts are averaged with ``lax.pmean`` over the axis, and BatchNorm (built with
 ``bn_axis_name="data"``) normalises with and keeps running statistics of the global batch, so
 any number of devices computes what one device computes on the global batch. The attention and
 latent noise of an example is a function of (step key, global example index), which makes this
 hold for the stochastic forward too (dropout masks do depend on the device). The loss itself is
-:func:`compute_loss`, for a loop of one's own.
+:func:`compute_loss`, for a loop of one's own. The eval step is ``evaluation/step.py``'s.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from jax import lax
 
 from ib_attention_jax.models.aib import ModelOutput
 from ib_attention_jax.objectives import ObjectiveConfig, aib_loss, masked_mean
+from ib_attention_jax.runtime.parallel import example_ids
 from ib_attention_jax.training.optimizers import ema_update
 from ib_attention_jax.training.state import TrainState
 
-AXIS = "data"
 Batch = dict[str, jax.Array]
 
 
@@ -54,13 +54,6 @@ def step_rngs(key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
     k = jax.random.fold_in(key, step)
     ka, kl, kd = jax.random.split(k, 3)
     return {"attention": ka, "latent": kl, "dropout": kd}
-
-
-def example_ids(batch: Batch) -> jax.Array:
-    """``batch["index"]``, the examples' positions in the global batch, or ``arange(b)`` without it."""
-    if "index" in batch:
-        return batch["index"].astype(jnp.int32)
-    return jnp.arange(batch["label"].shape[0], dtype=jnp.int32)
 
 
 def compute_loss(params: Any, batch_stats: Any, batch: Batch, rngs: dict[str, jax.Array], *, model: nn.Module,
@@ -100,7 +93,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     the step is the per-device step of a data-parallel run over that mapped axis: gradients, metrics
     and BatchNorm statistics are averaged over it, anchor usage summed, dropout made per device, and
     ``batch["index"]`` should hold the examples' positions in the global batch.
-    :class:`~ib_attention_jax.training.parallel.Runner` runs a step made without one over its
+    :class:`~ib_attention_jax.runtime.parallel.Runner` runs a step made without one over its
     ``data`` axis (``train_step.for_axis(name)`` is the same step for another axis).
     """
 
@@ -160,35 +153,3 @@ def _update_ema(ema, new, decay: float):
     averaged = ema_update(ema, new, decay)
     return jax.tree_util.tree_map(lambda a, n: a if jnp.issubdtype(n.dtype, jnp.floating) else n, averaged, new)
 
-
-MAP_PREFIX = "attention_map/"  # eval outputs of the individual maps of a model with several (b, h_i, w_i)
-
-
-def make_eval_step(model: nn.Module, config: StepConfig, eval_key: jax.Array, use_ema: bool = False
-                   ) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
-    """An eval step returning per-example outputs (gathered by the caller); it needs no axis, so the
-    same function runs under ``jax.jit`` or per device (``batch["index"]`` optional, as in training).
-
-    Monte-Carlo predictions use ``config.eval_num_samples`` x the same number of latent
-    samples with noise from (``eval_key``, example index), so evaluation is
-    deterministic and independent of the device count; the mean path has zero noise.
-    """
-
-    def eval_step(state: TrainState, batch: Batch) -> dict[str, Any]:
-        variables = state.variables(use_ema)
-        ids = example_ids(batch)
-        ka, kl = jax.random.split(eval_key)
-        mc = model.apply(variables, batch["image"], train=False, num_samples=config.eval_num_samples,
-                         example_ids=ids, rngs={"attention": ka, "latent": kl})
-        mean = model.apply(variables, batch["image"], train=False, deterministic=True)
-        ce = optax.softmax_cross_entropy_with_integer_labels(mean.logits, batch["label"])
-        result = {"pred_mc": jnp.argmax(mc.logits, -1), "pred_mean": jnp.argmax(mean.logits, -1), "ce_mean": ce}
-        if mean.attention is not None:
-            result["attention"] = mean.attention.mean[..., 0]  # (b, h, w) the mean map
-            if mean.quantizer is not None:
-                result["attention_q"] = mean.attention_used[0, ..., 0]
-            if mean.attention_maps is not None and len(mean.attention_maps) > 1:  # LTPA: each map beside the mean
-                result.update({f"{MAP_PREFIX}{name}": m for name, m in mean.attention_maps.items()})
-        return result
-
-    return eval_step

@@ -26,7 +26,8 @@ from etils import epath
 from ib_attention_jax.configs import changes as changes_lib
 from ib_attention_jax.configs import schema
 from ib_attention_jax.errors import UserError
-from ib_attention_jax.training.paths import as_path, atomic_write_text
+from ib_attention_jax.runtime.atomic import atomic_write_text
+from ib_attention_jax.runtime.paths import as_path
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
 
+    from ib_attention_jax.runtime.parallel import Runner
     from ib_attention_jax.training.checkpoint import Checkpointer
-    from ib_attention_jax.training.parallel import Runner
 
     devices = jax.devices()
     assert len(devices) == args.num_devices

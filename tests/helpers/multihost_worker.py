@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
                                heartbeat_timeout_seconds=args.timeout, shutdown_timeout_seconds=args.timeout)
     import parallel_common as common
 
-    from ib_attention_jax.training.parallel import Runner, host_batch_index
+    from ib_attention_jax.runtime.parallel import Runner, host_batch_index
 
     assert jax.process_count() == args.num_processes and jax.process_index() == args.process_id
     assert jax.local_device_count() == args.local_devices

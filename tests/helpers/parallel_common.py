@@ -16,8 +16,8 @@ from flax import traverse_util
 
 from ib_attention_jax.models.registry import create_model
 from ib_attention_jax.objectives import ObjectiveConfig
+from ib_attention_jax.runtime.parallel import Runner
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.state import TrainState
 from ib_attention_jax.training.step import StepConfig, make_train_step
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     import jax
     import parallel_common as common
 
-    from ib_attention_jax.training.parallel import Runner
+    from ib_attention_jax.runtime.parallel import Runner
 
     devices = jax.devices()
     if len(devices) != args.num_devices:

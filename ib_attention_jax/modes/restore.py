@@ -1,8 +1,10 @@
-"""The trained weights of a workdir, placed for evaluation: the state its final test used.
+"""The weights an evaluation mode works on, restored from a workdir (or loaded from ``config.init_from``).
 
 The workdir is opened as every evaluation mode opens it (``workdir.open_run``: the config is checked and
-compared with the workdir's own, which refuses weights of another run). With a validation split the run
-tested its best-on-validation state, so that one is restored; otherwise the latest checkpoint.
+compared with the workdir's own, which refuses weights of another run, and the workdir must be writable).
+:func:`restore_latest` gives the latest checkpoint (``--mode=evaluate`` and ``export_attention``: without
+one, the weights ``config.init_from`` names); :func:`restore_for_evaluation` the state the run's final test
+used: with a validation split its best-on-validation state, otherwise the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -14,15 +16,52 @@ import ml_collections
 
 from ib_attention_jax.data.prepare import ensure_embedded
 from ib_attention_jax.errors import UserError
+from ib_attention_jax.runtime.parallel import Runner
 from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import Experiment, build_experiment
-from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.selection import BestCheckpoint
-from ib_attention_jax.training.workdir import open_run
+from ib_attention_jax.training.workdir import Run, open_run
+
+
+class NoCheckpointError(UserError, FileNotFoundError):
+    """The workdir holds no checkpoint to evaluate."""
+
+
+class InitWeightsError(UserError, ValueError):
+    """The weights to evaluate or export do not fit the config's model."""
 
 
 class UntrainedError(UserError, FileNotFoundError):
     """The workdir holds no checkpoint of this run."""
+
+
+def restore_latest(run: Run) -> tuple[Experiment, Any, int]:
+    """(experiment, host state, step) of the run's latest checkpoint, or of ``config.init_from`` without one."""
+    if report := run.describe_changes("this evaluation differs from the workdir's own config in"):
+        print(report, flush=True)
+    config = run.config
+    ensure_embedded(config.dataset, config.get("data_dir"))
+    exp = build_experiment(config)
+    checkpointer = Checkpointer(run.workdir / "checkpoints", config.get("keep_checkpoints", 3), run_id=run.run_id)
+    restored = checkpointer.restore(exp.state)
+    if restored is not None:
+        state, _, step = restored
+        return exp, state, step
+    if exp.init_report is None:
+        raise NoCheckpointError(f"no checkpoint in {checkpointer.directory}; train first (--mode=train), or "
+                                "evaluate other weights with --config.init_from=FILE")
+    check_complete(exp.init_report, config.init_from, config.model, "evaluated")
+    print(exp.init_report.format(), flush=True)
+    return exp, exp.state, 0
+
+
+def check_complete(report, source: Any, model: str, use: str) -> None:
+    """Refuses weights that leave part of the model at its random initialisation (``use``: "evaluated", ...)."""
+    if report.num_kept:
+        raise InitWeightsError(
+            f"{source} does not hold every tensor of {model}: "
+            f"{', '.join(report.group_names('kept'))} would be {use} at their random initialisation. "
+            "Check --config.model (and --config.model_kwargs) against the weights")
 
 
 @dataclasses.dataclass

@@ -31,7 +31,8 @@ from ib_attention_jax.configs.official import cifar_vgg, cifar_wrn
 from ib_attention_jax.configs.quickstart import quickstart
 from ib_attention_jax.evaluation import plots
 from ib_attention_jax.evaluation.report import html_page, img_tag, table_html
-from ib_attention_jax.training.paths import as_path, atomic_write_text
+from ib_attention_jax.runtime.atomic import atomic_write_bytes, atomic_write_text
+from ib_attention_jax.runtime.paths import as_path
 
 ROW_KEYS = ("variant", "seed", "test_accuracy_mc", "test_accuracy_mean", "pointing_game", "energy_in_box",
             "box_area_fraction", "deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random",
@@ -197,15 +198,15 @@ class RunInterrupted(RuntimeError):
 def run_one(preset: Preset, variant: Variant, seed: int, root, data_dir: str | None,
             overrides: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Trains (or resumes, or skips) one run and its probe; returns its row."""
-    from ib_attention_jax.evaluation.probe import linear_probe
-    from ib_attention_jax.training import run_modes
+    from ib_attention_jax.modes.probe import linear_probe
+    from ib_attention_jax.modes.train import train
 
     workdir = root / variant.name / f"seed_{seed}"
     config = run_config(variant, seed, data_dir, overrides)
     summary = _read_json(workdir / "summary.json")
     if summary is None:
         log(f"[{variant.name} seed {seed}] training in {workdir}")
-        result = run_modes.train(config, str(workdir))
+        result = train(config, str(workdir))
         if "test_accuracy_mc" not in result:
             raise RunInterrupted(f"{variant.name} seed {seed} stopped at step {result.get('stopped_at_step')}; "
                                  "run the same command again to resume it")
@@ -308,7 +309,7 @@ def write_outputs(root, preset: Preset, rows: Sequence[Mapping[str, Any]], seeds
     if (png := plots.comparison_curves(_mean_curves(rows, variants))):
         figures["deletion_insertion.png"] = (png, "Deletion and insertion curves, mean over seeds, per variant.")
     for name, (png, _) in figures.items():
-        (root / name).write_bytes(png)
+        atomic_write_bytes(root / name, png)
     header = ["variant", "seed"] + [MD_COLUMNS.get(k, k) for k in METRICS]
     sections = [("Mean and standard deviation over seeds",
                  table_html(["variant", "seeds"] + list(MD_COLUMNS.values()),

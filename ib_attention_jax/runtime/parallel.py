@@ -27,8 +27,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ib_attention_jax.training.step import AXIS
-
+AXIS = "data"  # the mesh axis every step is mapped over
 MODES = ("shard_map", "pmap")
 STOP = "stop"  # the batch entry (one int32 per device) and the metric holding the agreed stop request
 
@@ -229,3 +228,11 @@ def host_batch_index(batch_size: int, process_index: int | None = None) -> np.nd
     """Global example positions (within the global batch) of this host's ``batch_size`` rows."""
     p = jax.process_index() if process_index is None else process_index
     return (p * batch_size + np.arange(batch_size)).astype(np.int32)
+
+
+def example_ids(batch: dict[str, jax.Array]) -> jax.Array:
+    """Inside a step: ``batch["index"]``, the examples' positions in the global batch (:func:`host_batch_index`),
+    or ``arange(b)`` without it. Each example's noise is folded from its position, on any device count."""
+    if "index" in batch:
+        return batch["index"].astype(jnp.int32)
+    return jnp.arange(batch["label"].shape[0], dtype=jnp.int32)
