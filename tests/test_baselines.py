@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from ib_attention_jax.evaluation.step import make_eval_step
 from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import from_state_dict, to_state_dict, variable_shapes
 from ib_attention_jax.models.aib import ModelOutput
 from ib_attention_jax.models.ltpa import mixture_map
 from ib_attention_jax.models.registry import create_model, get_spec, list_models
 from ib_attention_jax.objectives import ObjectiveConfig, aib_loss, cross_entropy
+from ib_attention_jax.runtime.parallel import Runner
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import Runner
 from ib_attention_jax.training.state import TrainState
-from ib_attention_jax.training.step import StepConfig, make_eval_step, make_train_step
+from ib_attention_jax.training.step import StepConfig, make_train_step
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "baselines_parity"
 BASELINES = ["ltpa_vgg", "abn_wrn", "small_ltpa", "small_abn"]
@@ -335,9 +336,10 @@ def test_ltpa_evaluation_scores_each_map_beside_their_mean():
     import optax
 
     from ib_attention_jax.evaluation.evaluate import AttentionMetricsOptions, evaluate
-    from ib_attention_jax.training.parallel import Runner
+    from ib_attention_jax.evaluation.step import make_eval_step
+    from ib_attention_jax.runtime.parallel import Runner
     from ib_attention_jax.training.state import TrainState
-    from ib_attention_jax.training.step import StepConfig, make_eval_step
+    from ib_attention_jax.training.step import StepConfig
 
     model = create_model("small_ltpa", 10, conv_impl="xla")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), deterministic=True)

@@ -9,7 +9,6 @@ import argparse
 
 import numpy as np
 import pytest
-from etils import epath
 from flax import traverse_util
 from weight_checks import (
     assert_state_dicts_bitwise_equal,
@@ -31,7 +30,6 @@ from ib_attention_jax.interop.official_layouts import (
     script_for,
 )
 from ib_attention_jax.interop.state_dict import from_state_dict, to_state_dict, variable_shapes
-from ib_attention_jax.interop.torch_io import atomic_write_bytes
 from ib_attention_jax.models.registry import create_model, get_spec
 
 TORCH_REASON = "PyTorch is the optional extra (make torch)"
@@ -128,23 +126,6 @@ def test_read_layout_names_what_it_cannot_read():
         read_layout([1, 2])
     with pytest.raises(OfficialLayoutError, match="no 'net' state_dict"):
         read_layout({"model_states": {"net_ema": {}}})
-
-
-def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    target = tmp_path / "best_acc.tar"
-    target.write_bytes(b"old")
-
-    def fail(self, other):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(epath.Path, "replace", fail, raising=False)
-    monkeypatch.setattr(type(epath.Path(tmp_path)), "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new")
-    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["best_acc.tar"]
-    monkeypatch.undo()
-    atomic_write_bytes(tmp_path / "sub" / "out.tar", b"new")
-    assert (tmp_path / "sub" / "out.tar").read_bytes() == b"new"
 
 
 # -- torch: real files through each script's access path ---------------------------------------------

@@ -218,9 +218,9 @@ class JaxBench(Bench):
         import ml_collections
 
         from ib_attention_jax.objectives import official_objective
+        from ib_attention_jax.runtime.parallel import Runner, host_batch_index, train_feed
         from ib_attention_jax.training.loop import build_model
         from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-        from ib_attention_jax.training.parallel import Runner, host_batch_index, train_feed
         from ib_attention_jax.training.state import TrainState
         from ib_attention_jax.training.step import StepConfig, make_train_step
 

@@ -47,10 +47,10 @@ from ib_attention_jax.interop.fixture_weights import state_dict_from_manifest
 from ib_attention_jax.interop.state_dict import from_state_dict, to_state_dict
 from ib_attention_jax.models.registry import create_model, get_spec
 from ib_attention_jax.objectives import ObjectiveConfig
+from ib_attention_jax.runtime.parallel import AXIS, Runner, train_feed
 from ib_attention_jax.training.optimizers import OptimizerConfig, make_optimizer
-from ib_attention_jax.training.parallel import Runner, train_feed
 from ib_attention_jax.training.state import TrainState
-from ib_attention_jax.training.step import AXIS, StepConfig, make_train_step
+from ib_attention_jax.training.step import StepConfig, make_train_step
 
 DEFAULT_CONV_IMPL = "slices"  # a direct (GEMM) convolution, as the fixtures' tolerances were calibrated with
 LR_TOL = 2.5e-7  # relative: two float32 ulps; a wrong epoch or factor is off by >= 3%
