@@ -56,6 +56,7 @@ from typing import Any
 
 from experiments.benchmarks.parity_summary import MARKER as PARITY_MARKER
 from experiments.benchmarks.parity_summary import PLAN_MARKER
+from ib_attention_jax.runtime.atomic import atomic_write_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -332,13 +333,8 @@ def detect_device() -> dict[str, Any]:
 
 
 def write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    """Writes ``data`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes ``data`` to ``path`` atomically (``runtime.atomic``: a temporary file beside it, then a rename)."""
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def skipped(reason: str, **fields: Any) -> dict[str, Any]:
