@@ -113,9 +113,9 @@ def test_wide_resnet50_2_imagenet_state_dict_loads_into_cub_wrn50_2_aib_and_repr
     assert report.ignored == (("fc", 2),)
     assert report.num_loaded == sum(1 for e in manifest("wide_resnet50_2")["state_dict"] if not e[0].startswith("fc."))
     assert_trees_bitwise_equal(sub(variables, "attention"), sub(init, "attention"))
-    front = jax.jit(lambda v, x: WRN50Front("xla").apply(v, x))(sub(variables, "front"), reference_input())
-    layer4 = jax.jit(lambda v, f: ResNetStage(512, 3, 2, "xla").apply(v, f))(sub(variables, "encoder", "layer4"),
-                                                                             front)
+    front = jax.jit(lambda v, x: WRN50Front(conv_impl="xla").apply(v, x))(sub(variables, "front"), reference_input())
+    stage = ResNetStage(512, 3, 2, conv_impl="xla")
+    layer4 = jax.jit(lambda v, f: stage.apply(v, f))(sub(variables, "encoder", "layer4"), front)
     refs = references("wide_resnet50_2")
     assert front.shape == (2, 14, 14, 1024) and layer4.shape == (2, 7, 7, 2048)
     errors = (normwise(front[..., :64], refs["layer3_nhwc_first64ch"]),

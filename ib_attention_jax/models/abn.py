@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_attention_jax.models.aib import ModelOutput, check_images, deterministic_attention
+from ib_attention_jax.models.aib import ModelOutput, NoiselessClassifier, deterministic_attention
 from ib_attention_jax.models.attention import modulate
 from ib_attention_jax.models.conv import Conv
 from ib_attention_jax.models.layers import at_least_float32, he_normal_fan_out
@@ -30,7 +30,7 @@ from ib_attention_jax.models.wrn import ABNMeanHead, WRNEncoder, WRNFront
 Array = jax.Array
 
 
-class ABNClassifier(nn.Module):
+class ABNClassifier(NoiselessClassifier):
     """front -> attention branch (map + branch logits) -> perception branch on ``f * (1 + a)``.
 
     ``branch(f, train)`` returns ``(ax, logit)``: the class-channel map (b, h, w, classes)
@@ -44,19 +44,12 @@ class ABNClassifier(nn.Module):
     front: nn.Module
     branch: nn.Module
     perception: nn.Module
-    num_classes: int
-    conv_impl: str = "auto"
-    dtype: Any = None
-    image_size: int | None = None
-    model_name: str = "ABNClassifier"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, num_samples: int = 1, deterministic: bool = False,
                  example_ids: Array | None = None) -> ModelOutput:
         del deterministic, example_ids
-        check_images(x, self.image_size, self.model_name)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.check_call(x, num_samples)
         features = self.front(x, train=train)  # (b, h, w, c)
         b, h, w = features.shape[:3]
         ax, logit = self.branch(features, train=train)  # (b, h, w, classes), (b, h, w, 1)

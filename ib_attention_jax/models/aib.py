@@ -8,6 +8,9 @@ statistics (rows, 2K) and ``decoder(z, train)`` the logits. The official models 
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import chex
 import flax.linen as nn
 import jax
@@ -167,3 +170,25 @@ class PlainClassifier(nn.Module):
         logits = at_least_float32(self.encoder(features, train=train))
         return ModelOutput(logits=logits, features=features)
 
+
+
+class NoiselessClassifier(nn.Module):
+    """Base of the attention baselines (ABN, LTPA): the settings and the input checks of their call.
+
+    They take the AIB models' call (``num_samples``, ``deterministic``, ``example_ids``) so that
+    training and evaluation call every model the same way; having no noise, they ignore it.
+    """
+
+    _: dataclasses.KW_ONLY
+    num_classes: int
+    conv_impl: str = "auto"
+    dtype: Any = None
+    image_size: int | None = None
+    model_name: str = ""  # empty: the class name
+
+    @nn.nowrap
+    def check_call(self, x: Array, num_samples: int) -> None:
+        """The images fit the model (:func:`check_images`) and ``num_samples >= 1``."""
+        check_images(x, self.image_size, self.model_name or type(self).__name__)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")

@@ -12,6 +12,7 @@ backbones from ImageNet weights; convert a torchvision state_dict with
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -23,8 +24,8 @@ from ib_attention_jax.models.attention import ConvMeanHead, VariationalAttention
 from ib_attention_jax.models.bottleneck import MLPDecoder
 from ib_attention_jax.models.conv import Conv
 from ib_attention_jax.models.layers import (
+    BackboneModule,
     adaptive_avg_pool,
-    batch_norm,
     he_normal_fan_out,
     max_pool,
     torch_default_bias,
@@ -92,21 +93,18 @@ class PooledLinearEncoder(nn.Module):
                         name="fc")(x.reshape(x.shape[0], -1))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(BackboneModule):
     """torchvision ResNet-v1.5 Bottleneck (stride on the 3x3), with an optional projection."""
 
     planes: int
     width: int
     stride: int = 1
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         out_ch = self.planes * 4
         conv = dict(use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl, dtype=self.dtype)
-        bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name=name)  # noqa: E731
+        bn = functools.partial(self.batch_norm, train)
         y = nn.relu(bn("bn1")(Conv(self.width, 1, padding=0, name="conv1", **conv)(x)))
         y = nn.relu(bn("bn2")(Conv(self.width, 3, self.stride, name="conv2", **conv)(y)))
         y = bn("bn3")(Conv(out_ch, 1, padding=0, name="conv3", **conv)(y))
@@ -115,68 +113,56 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
-class ResNetStage(nn.Module):
+class ResNetStage(BackboneModule):
     """``num_blocks`` Bottlenecks of wide ResNet-50-2 (width = 2 * planes)."""
 
     planes: int
     num_blocks: int
     stride: int = 1
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for i in range(self.num_blocks):
-            x = Bottleneck(self.planes, 2 * self.planes, self.stride if i == 0 else 1, self.conv_impl,
-                           self.bn_axis_name, self.dtype, name=f"block{i}")(x, train)
+            stride = self.stride if i == 0 else 1
+            x = Bottleneck(self.planes, 2 * self.planes, stride, **self.settings, name=f"block{i}")(x, train)
         return x
 
 
-class WRN50Front(nn.Module):
+class WRN50Front(BackboneModule):
     """conv1 7x7/2, BN, ReLU, max-pool 3/2, layer1-3: (b, 224, 224, 3) -> (b, 14, 14, 1024)."""
 
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         x = Conv(64, 7, 2, padding=3, use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl,
                  dtype=self.dtype, name="conv1")(x)
-        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name="bn1")(x))
+        x = nn.relu(self.batch_norm(train, name="bn1")(x))
         x = max_pool(x, 3, 2, padding=1)
         x = ResNetStage(64, 3, 1, name="layer1", **kw)(x, train)
         x = ResNetStage(128, 4, 2, name="layer2", **kw)(x, train)
         return ResNetStage(256, 6, 2, name="layer3", **kw)(x, train)
 
 
-class WRN50MeanHead(nn.Module):
+class WRN50MeanHead(BackboneModule):
     """``att_layer4`` (3 Bottlenecks, planes 512, stride 1) then a 3x3 conv (bias) to one channel."""
 
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = ResNetStage(512, 3, 1, self.conv_impl, self.bn_axis_name, self.dtype, name="att_layer4")(x, train)
+        x = ResNetStage(512, 3, 1, **self.settings, name="att_layer4")(x, train)
         return Conv(1, 3, kernel_init=he_normal_fan_out, bias_init=torch_default_bias(9 * x.shape[-1]),
                     impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
 
 
-class WRN50Encoder(nn.Module):
+class WRN50Encoder(BackboneModule):
     """layer4 (stride 2), global mean, Linear to ``out_dim``."""
 
     out_dim: int
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = ResNetStage(512, 3, 2, self.conv_impl, self.bn_axis_name, self.dtype, name="layer4")(x, train)
+        x = ResNetStage(512, 3, 2, **self.settings, name="layer4")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.out_dim, kernel_init=torch_default_kernel, bias_init=torch_default_bias(x.shape[-1]),
                         dtype=self.dtype, name="fc")(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -133,6 +134,29 @@ def batch_norm(train: bool, axis_name: str | None = None, dtype: Any = None, nam
     """
     return BatchNorm(use_running_average=not train, axis_name=axis_name if train else None, dtype=dtype,
                      scale_init=scale_init, name=name)
+
+
+class BackboneModule(nn.Module):
+    """Base of the backbones' layers: the settings every layer hands down, keyword-only.
+
+    ``conv_impl`` (see :func:`ib_attention_jax.models.conv.resolve_conv_impl`), the BatchNorm
+    ``bn_axis_name`` of a pmap-style step and the compute ``dtype`` (None: the input's).
+    """
+
+    _: dataclasses.KW_ONLY
+    conv_impl: str = "auto"
+    bn_axis_name: str | None = None
+    dtype: Any = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The keywords that hand these settings to a sub-module."""
+        return dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+
+    @nn.nowrap
+    def batch_norm(self, train: bool, name: str, **kwargs: Any) -> BatchNorm:
+        """The models' BatchNorm (:func:`batch_norm`) with this layer's axis name and dtype."""
+        return batch_norm(train, self.bn_axis_name, self.dtype, name=name, **kwargs)
 
 
 def max_pool(x: Array, window: int = 2, stride: int | None = None, padding: int = 0) -> Array:

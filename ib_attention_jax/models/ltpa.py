@@ -37,9 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ib_attention_jax.models.aib import ModelOutput, check_images, deterministic_attention
+from ib_attention_jax.models.aib import ModelOutput, NoiselessClassifier, deterministic_attention
 from ib_attention_jax.models.conv import Conv
-from ib_attention_jax.models.layers import at_least_float32, max_pool, xavier_uniform_relu
+from ib_attention_jax.models.layers import BackboneModule, at_least_float32, max_pool, xavier_uniform_relu
 from ib_attention_jax.models.vgg import ConvBNBlock
 
 Array = jax.Array
@@ -81,7 +81,7 @@ def mixture_map(maps: Sequence[Array]) -> Array:
     return mean / jnp.max(mean, axis=(1, 2, 3), keepdims=True)
 
 
-class LTPAClassifier(nn.Module):
+class LTPAClassifier(NoiselessClassifier):
     """trunk -> local maps and g -> one ``LinearAttention`` per map -> Linear on the concatenated ``g_i``.
 
     ``trunk(x, train)`` returns ``(locals, g)``: a tuple of (b, h_i, w_i, c_i) maps and the
@@ -94,19 +94,12 @@ class LTPAClassifier(nn.Module):
     """
 
     trunk: nn.Module
-    num_classes: int
-    conv_impl: str = "auto"
-    dtype: Any = None
-    image_size: int | None = None
-    model_name: str = "LTPAClassifier"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False, num_samples: int = 1, deterministic: bool = False,
                  example_ids: Array | None = None) -> ModelOutput:
         del deterministic, example_ids
-        check_images(x, self.image_size, self.model_name)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.check_call(x, num_samples)
         local_maps, g = self.trunk(x, train=train)
         width = g.shape[-1]
         record = (lambda name, value: None) if self.is_initializing() else (
@@ -132,16 +125,13 @@ class LTPAClassifier(nn.Module):
                            attention_maps={f"a{i}": a[..., 0] for i, a in enumerate(maps, start=1)})
 
 
-class LTPAVGGTrunk(nn.Module):
+class LTPAVGGTrunk(BackboneModule):
     """The ``AttnVGG_before`` trunk: (l1, l2, l3) before their pools and g = dense(block6(...)) (b, 512)."""
 
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[tuple[Array, Array, Array], Array]:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         x = ConvBNBlock(64, 2, name="block1", **kw)(x, train)
         x = ConvBNBlock(128, 2, name="block2", **kw)(x, train)
         l1 = ConvBNBlock(256, 3, name="block3", **kw)(x, train)  # (b, 32, 32, 256)
@@ -160,5 +150,6 @@ class LTPAVGGTrunk(nn.Module):
 def ltpa_vgg(num_classes: int = 10, *, conv_impl: str = "auto", bn_axis_name: str | None = None, dtype: Any = None,
              image_size: int = 32, model_name: str = "ltpa_vgg") -> LTPAClassifier:
     """The public ``AttnVGG_before(im_size=32, attention=True, normalize_attn=True)``."""
-    return LTPAClassifier(LTPAVGGTrunk(conv_impl=conv_impl, bn_axis_name=bn_axis_name, dtype=dtype), num_classes,
-                          conv_impl=conv_impl, dtype=dtype, image_size=image_size, model_name=model_name)
+    trunk = LTPAVGGTrunk(conv_impl=conv_impl, bn_axis_name=bn_axis_name, dtype=dtype)
+    return LTPAClassifier(trunk, num_classes=num_classes, conv_impl=conv_impl, dtype=dtype, image_size=image_size,
+                          model_name=model_name)

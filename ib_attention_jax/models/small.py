@@ -19,51 +19,42 @@ from ib_attention_jax.models.aib import AIBClassifier, PlainClassifier
 from ib_attention_jax.models.attention import ConvMeanHead, VariationalAttention
 from ib_attention_jax.models.bottleneck import MLPDecoder
 from ib_attention_jax.models.conv import Conv
-from ib_attention_jax.models.layers import batch_norm, he_normal_fan_out, max_pool
+from ib_attention_jax.models.layers import BackboneModule, he_normal_fan_out, max_pool
 from ib_attention_jax.models.ltpa import LTPAClassifier
 from ib_attention_jax.models.wrn import ABNMeanHead
 
 Array = jax.Array
 
 
-class ConvBNReLU(nn.Module):
+class ConvBNReLU(BackboneModule):
     features: int
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = Conv(self.features, 3, use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl,
                  dtype=self.dtype, name="conv")(x)
-        return nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name="bn")(x))
+        return nn.relu(self.batch_norm(train, name="bn")(x))
 
 
-class SmallFront(nn.Module):
+class SmallFront(BackboneModule):
     width: int = 32
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         x = ConvBNReLU(self.width, name="conv1", **kw)(x, train)
         x = ConvBNReLU(self.width, name="conv2", **kw)(x, train)
         return max_pool(x, 2)
 
 
-class SmallEncoder(nn.Module):
+class SmallEncoder(BackboneModule):
     out_dim: int
     widths: tuple[int, ...] = (64, 128)
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for i, width in enumerate(self.widths):
-            x = ConvBNReLU(width, self.conv_impl, self.bn_axis_name, self.dtype, name=f"conv{i + 3}")(x, train)
+            x = ConvBNReLU(width, **self.settings, name=f"conv{i + 3}")(x, train)
             x = max_pool(x, 2)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.out_dim, dtype=self.dtype, name="fc")(x)
@@ -89,18 +80,15 @@ def small_plain(num_classes: int = 10, *, conv_impl: str = "auto", bn_axis_name:
                            image_size=image_size, model_name=model_name)
 
 
-class SmallLTPATrunk(nn.Module):
+class SmallLTPATrunk(BackboneModule):
     """LTPA's trunk on the quickstart widths: l1 = conv2 (32x32x32), l2 = conv3 (16x16x64), l3 = conv4
     (8x8x128), each before its 2x2 pool; g = Linear(128) of the mean of the last pooled map (4x4x128)."""
 
     widths: tuple[int, int, int] = (32, 64, 128)
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[tuple[Array, Array, Array], Array]:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         w1, w2, w3 = self.widths
         x = ConvBNReLU(w1, name="conv1", **kw)(x, train)
         l1 = ConvBNReLU(w1, name="conv2", **kw)(x, train)
@@ -115,7 +103,7 @@ def small_ltpa(num_classes: int = 10, *, conv_impl: str = "auto", bn_axis_name: 
     """LTPA (attention before pooling, softmax over positions, three maps at 32, 16 and 8 px) on the
     quickstart convolutions; l1 and l2 are projected to g's 128 channels."""
     trunk = SmallLTPATrunk(conv_impl=conv_impl, bn_axis_name=bn_axis_name, dtype=dtype)
-    return LTPAClassifier(trunk, num_classes, conv_impl=conv_impl, dtype=dtype, image_size=image_size,
+    return LTPAClassifier(trunk, num_classes=num_classes, conv_impl=conv_impl, dtype=dtype, image_size=image_size,
                           model_name=model_name)
 
 

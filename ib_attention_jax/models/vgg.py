@@ -18,60 +18,51 @@ from ib_attention_jax.models.aib import AIBClassifier, PlainClassifier
 from ib_attention_jax.models.attention import ConvMeanHead, VariationalAttention
 from ib_attention_jax.models.bottleneck import MLPDecoder
 from ib_attention_jax.models.conv import Conv
-from ib_attention_jax.models.layers import batch_norm, max_pool, uniform_01, xavier_uniform_relu
+from ib_attention_jax.models.layers import BackboneModule, max_pool, uniform_01, xavier_uniform_relu
 
 Array = jax.Array
 
 
-class ConvBNBlock(nn.Module):
+class ConvBNBlock(BackboneModule):
     """``num_convs`` x [Conv3x3(bias) -> BN -> ReLU (-> 2x2 max-pool if pool_each)]."""
 
     features: int
     num_convs: int
     pool_each: bool = False
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for j in range(self.num_convs):
             x = Conv(self.features, 3, kernel_init=xavier_uniform_relu, impl=self.conv_impl, dtype=self.dtype,
                      name=f"conv{j}")(x)
-            x = batch_norm(train, self.bn_axis_name, self.dtype, name=f"bn{j}", scale_init=uniform_01)(x)
+            x = self.batch_norm(train, name=f"bn{j}", scale_init=uniform_01)(x)
             x = nn.relu(x)
             if self.pool_each:
                 x = max_pool(x, 2)
         return x
 
 
-class VGGFront(nn.Module):
+class VGGFront(BackboneModule):
     """Blocks 1-3 at full resolution, then a 2x2 max-pool: (b, 32, 32, 3) -> (b, 16, 16, 256)."""
 
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         x = ConvBNBlock(64, 2, name="block1", **kw)(x, train)
         x = ConvBNBlock(128, 2, name="block2", **kw)(x, train)
         x = ConvBNBlock(256, 3, name="block3", **kw)(x, train)
         return max_pool(x, 2)
 
 
-class VGGEncoder(nn.Module):
+class VGGEncoder(BackboneModule):
     """Blocks 4-6, the dense conv and a Linear to ``out_dim`` (2K, or the classes when plain)."""
 
     out_dim: int
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        kw = dict(conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = self.settings
         x = max_pool(ConvBNBlock(512, 3, name="block4", **kw)(x, train), 2)
         x = max_pool(ConvBNBlock(512, 3, name="block5", **kw)(x, train), 2)
         x = ConvBNBlock(512, 2, pool_each=True, name="block6", **kw)(x, train)

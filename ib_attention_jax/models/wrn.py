@@ -10,6 +10,8 @@ Init: convs He-normal (fan_out), BN 1/0, Linear PyTorch default weight with zero
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,28 +22,30 @@ from ib_attention_jax.models.aib import AIBClassifier, PlainClassifier
 from ib_attention_jax.models.attention import VariationalAttention
 from ib_attention_jax.models.bottleneck import ReLULinearDecoder
 from ib_attention_jax.models.conv import Conv
-from ib_attention_jax.models.layers import batch_norm, he_normal_fan_out, torch_default_bias, torch_default_kernel
+from ib_attention_jax.models.layers import (
+    BackboneModule,
+    he_normal_fan_out,
+    torch_default_bias,
+    torch_default_kernel,
+)
 
 Array = jax.Array
 
 
-class WideBasicBlock(nn.Module):
+class WideBasicBlock(BackboneModule):
     """Pre-activation block; with a width change both paths read the activated input."""
 
     features: int
     stride: int = 1
     dropout_rate: float = 0.0
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         conv = dict(use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl, dtype=self.dtype)
         equal = x.shape[-1] == self.features
-        act = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name="bn1")(x))
+        act = nn.relu(self.batch_norm(train, name="bn1")(x))
         out = Conv(self.features, 3, self.stride, name="conv1", **conv)(act)
-        out = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name="bn2")(out))
+        out = nn.relu(self.batch_norm(train, name="bn2")(out))
         if self.dropout_rate > 0:
             out = nn.Dropout(self.dropout_rate)(out, deterministic=not train)
         out = Conv(self.features, 3, 1, name="conv2", **conv)(out)
@@ -49,44 +53,45 @@ class WideBasicBlock(nn.Module):
         return shortcut + out
 
 
-class WideGroup(nn.Module):
+class WideGroup(BackboneModule):
     """``num_blocks`` WideBasicBlocks; the first one carries the stride."""
 
     features: int
     num_blocks: int
     stride: int = 1
     dropout_rate: float = 0.0
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for i in range(self.num_blocks):
-            x = WideBasicBlock(self.features, self.stride if i == 0 else 1, self.dropout_rate, self.conv_impl,
-                               self.bn_axis_name, self.dtype, name=f"layer{i}")(x, train)
+            x = WideBasicBlock(self.features, self.stride if i == 0 else 1, self.dropout_rate, **self.settings,
+                               name=f"layer{i}")(x, train)
         return x
 
 
-def _widths(depth: int, widen: int) -> tuple[int, list[int]]:
-    if (depth - 4) % 6:
-        raise ValueError(f"WRN depth must be 6n+4, got {depth}")
-    return (depth - 4) // 6, [16, 16 * widen, 32 * widen, 64 * widen]
+class WRNModule(BackboneModule):
+    """Base of the WRN parts: depth (6n + 4), widening factor and dropout, keyword-only."""
 
-
-class WRNFront(nn.Module):
-    """conv1, group 1 (stride 1) and group 2 (stride 2): (b, 32, 32, 3) -> (b, 16, 16, 32*widen)."""
-
+    _: dataclasses.KW_ONLY
     depth: int = 28
     widen: int = 10
     dropout_rate: float = 0.3
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
+
+    @property
+    def blocks_and_widths(self) -> tuple[int, list[int]]:
+        """Blocks per group n = (depth - 4) / 6 and the widths of conv1 and the three groups."""
+        if (self.depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4, got {self.depth}")
+        return (self.depth - 4) // 6, [16, 16 * self.widen, 32 * self.widen, 64 * self.widen]
+
+
+class WRNFront(WRNModule):
+    """conv1, group 1 (stride 1) and group 2 (stride 2): (b, 32, 32, 3) -> (b, 16, 16, 32*widen)."""
+
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        n, w = _widths(self.depth, self.widen)
+        n, w = self.blocks_and_widths
         kw = dict(dropout_rate=self.dropout_rate, conv_impl=self.conv_impl, bn_axis_name=self.bn_axis_name,
                   dtype=self.dtype)
         x = Conv(w[0], 3, use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl, dtype=self.dtype,
@@ -95,7 +100,7 @@ class WRNFront(nn.Module):
         return WideGroup(w[2], n, 2, name="block2", **kw)(x, train)
 
 
-class ABNMeanHead(nn.Module):
+class ABNMeanHead(WRNModule):
     """The ABN attention branch without its classification loss: logits map (b, h, w, 1).
 
     ``return_features=True`` also returns the branch's class-channel map (b, h, w, classes),
@@ -103,20 +108,14 @@ class ABNMeanHead(nn.Module):
     """
 
     num_classes: int
-    depth: int = 28
-    widen: int = 10
-    dropout_rate: float = 0.3
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
     return_features: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array | tuple[Array, Array]:
-        n, w = _widths(self.depth, self.widen)
-        bn = lambda name: batch_norm(train, self.bn_axis_name, self.dtype, name=name)  # noqa: E731
+        n, w = self.blocks_and_widths
+        bn = functools.partial(self.batch_norm, train)
         conv = dict(use_bias=False, kernel_init=he_normal_fan_out, impl=self.conv_impl, dtype=self.dtype)
-        x = WideGroup(w[3], n, 1, self.dropout_rate, self.conv_impl, self.bn_axis_name, self.dtype,
+        x = WideGroup(w[3], n, 1, self.dropout_rate, **self.settings,
                       name="att_block3")(x, train)
         x = bn("bn_att")(x)
         ax = nn.relu(bn("bn_att2")(Conv(self.num_classes, 1, padding=0, name="att_conv", **conv)(x)))
@@ -124,23 +123,17 @@ class ABNMeanHead(nn.Module):
         return (ax, logit) if self.return_features else logit
 
 
-class WRNEncoder(nn.Module):
+class WRNEncoder(WRNModule):
     """Group 3 (stride 2), BN, ReLU, global mean, Linear to ``out_dim``."""
 
     out_dim: int
-    depth: int = 28
-    widen: int = 10
-    dropout_rate: float = 0.3
-    conv_impl: str = "auto"
-    bn_axis_name: str | None = None
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        n, w = _widths(self.depth, self.widen)
-        x = WideGroup(w[3], n, 2, self.dropout_rate, self.conv_impl, self.bn_axis_name, self.dtype,
+        n, w = self.blocks_and_widths
+        x = WideGroup(w[3], n, 2, self.dropout_rate, **self.settings,
                       name="block3")(x, train)
-        x = nn.relu(batch_norm(train, self.bn_axis_name, self.dtype, name="bn1")(x))
+        x = nn.relu(self.batch_norm(train, name="bn1")(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.out_dim, kernel_init=torch_default_kernel, dtype=self.dtype, name="fc")(x)
 
