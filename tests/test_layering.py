@@ -39,6 +39,16 @@ def test_evaluation_and_runtime_modules_import_no_training_or_modes_module():
     assert out[1] == "[]", f"evaluation/runtime imported {out[1]}"
 
 
+def test_the_eval_step_imports_with_the_core_dependencies_only():
+    code = ("import sys\nfrom ib_attention_jax import make_eval_step\n"
+            "print(make_eval_step.__module__, sorted(m for m in ('PIL', 'matplotlib', 'sklearn', 'orbax', "
+            "'tensorflow_datasets', 'grain') if m in sys.modules))\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.strip()
+    assert out == "ib_attention_jax.evaluation.step []"
+
+
 @pytest.mark.parametrize("layer", ["evaluation", "runtime"])
 def test_no_evaluation_or_runtime_source_names_training_or_modes_even_lazily(layer):
     sources = sorted((PACKAGE / layer).glob("*.py"))

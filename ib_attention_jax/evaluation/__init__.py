@@ -1,7 +1,18 @@
-"""Evaluation: Monte-Carlo and mean accuracy, localisation of attention maps, overlays."""
+"""Evaluation: the eval step, Monte-Carlo and mean accuracy, localisation of attention maps, overlays.
 
-from ib_attention_jax.evaluation.localization import box_area_fraction, energy_in_box, pointing_game, upsample_map
-from ib_attention_jax.evaluation.overlays import colorize, overlay, save_attention_grid, save_attention_maps
+The names below are loaded on first use, so ``evaluation.step`` (the eval step, core dependencies only)
+imports without the overlays' PIL.
+"""
 
-__all__ = ["box_area_fraction", "colorize", "energy_in_box", "overlay", "pointing_game", "save_attention_grid",
-           "save_attention_maps", "upsample_map"]
+import importlib
+
+_EXPORTS = {"box_area_fraction": "localization", "energy_in_box": "localization", "pointing_game": "localization",
+            "upsample_map": "localization", "colorize": "overlays", "overlay": "overlays",
+            "save_attention_grid": "overlays", "save_attention_maps": "overlays"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
