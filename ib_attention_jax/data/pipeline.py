@@ -102,22 +102,14 @@ def make_train_dataset(
 def make_train_iterator(
     dataset: str | Recipe,
     *,
-    batch_size: int,
-    seed: int,
-    data_dir: str | None = None,
-    split: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    num_epochs: int | None = None,
-    image_size: int | None = None,
-    normalization: str | None = None,
-    augment: bool = True,
     num_workers: int = 0,
     num_threads: int = 4,
     prefetch: int = 4,
-    source: Sequence[dict[str, Any]] | None = None,
+    **dataset_options: Any,
 ) -> BatchIterator:
     """Checkpointable iterator of augmented training batches of `batch_size` (per host) examples.
+
+    dataset_options: the keywords of `make_train_dataset` (batch_size and seed required).
 
     dataset: a name from `recipes.RECIPES` (or alias, or a `Recipe`); split: any tfds split string
     (default the recipe's train split; e.g. 'train[:90%]' to hold out a validation part); num_epochs: None
@@ -127,20 +119,7 @@ def make_train_iterator(
     (the batches are the same for any number of workers and threads). source: read these decoded examples
     instead of `tfds.data_source` (tests, benchmarks).
     """
-    ds = make_train_dataset(
-        dataset,
-        batch_size=batch_size,
-        seed=seed,
-        data_dir=data_dir,
-        split=split,
-        process_index=process_index,
-        process_count=process_count,
-        num_epochs=num_epochs,
-        image_size=image_size,
-        normalization=normalization,
-        augment=augment,
-        source=source,
-    )
+    ds = make_train_dataset(dataset, **dataset_options)
     return BatchIterator(ds, num_threads=num_threads, prefetch=prefetch, num_workers=num_workers)
 
 
@@ -174,32 +153,16 @@ def make_eval_dataset(
 def make_eval_iterator(
     dataset: str | Recipe,
     *,
-    batch_size: int,
-    data_dir: str | None = None,
-    split: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    image_size: int | None = None,
-    normalization: str | None = None,
     num_workers: int = 0,
     num_threads: int = 4,
     prefetch: int = 4,
-    source: Sequence[dict[str, Any]] | None = None,
+    **dataset_options: Any,
 ) -> BatchIterator:
     """One pass over `split` (default the recipe's eval split) in order, with the evaluation preprocessing.
 
     Every host yields `num_eval_batches(n, batch_size, process_count)` batches; rows with mask False are
     padding, so summing a metric over mask counts every example exactly once across all hosts.
+    dataset_options: the keywords of `make_eval_dataset` (batch_size required).
     """
-    ds = make_eval_dataset(
-        dataset,
-        batch_size=batch_size,
-        data_dir=data_dir,
-        split=split,
-        process_index=process_index,
-        process_count=process_count,
-        image_size=image_size,
-        normalization=normalization,
-        source=source,
-    )
+    ds = make_eval_dataset(dataset, **dataset_options)
     return BatchIterator(ds, num_threads=num_threads, prefetch=prefetch, num_workers=num_workers)

@@ -49,6 +49,16 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
+
+def _probability_axes(ax, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """The deletion/insertion axes: fraction 0..1 against a probability, grid and legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
 def _finite(value: Any) -> float | None:
     try:
         v = float(value)
@@ -123,12 +133,7 @@ def deletion_insertion(summary: Mapping[str, Any]) -> bytes | None:
                 auc = summary.get(f"{stem}_auc{suffix}")
                 ax.plot(fractions, curve, style, label=f"{label} (AUC {auc:.3f})" if auc is not None else label)
         ax.set_title(f"{stem} (most attended first)")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("true-class probability (mean path)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _probability_axes(ax, xlabel, "true-class probability (mean path)", legend_size=8)
     fig.tight_layout()
     return png_bytes(fig)
 
@@ -235,11 +240,7 @@ def comparison_curves(curves: Mapping[str, Mapping[str, Any]]) -> bytes | None:
             if c.get(f"{stem}_curve_random"):
                 ax.plot(c["curve_fractions"], c[f"{stem}_curve_random"], "--", color=colour, alpha=0.6)
         ax.set_title(f"{stem}: attention order (solid) vs random (dashed)", fontsize=9)
-        ax.set_xlabel("fraction " + ("removed" if stem == "deletion" else "revealed"))
-        ax.set_ylabel("true-class probability")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _probability_axes(ax, "fraction " + ("removed" if stem == "deletion" else "revealed"),
+                          "true-class probability", legend_size=7)
     fig.tight_layout()
     return png_bytes(fig)

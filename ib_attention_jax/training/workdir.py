@@ -27,7 +27,7 @@ from ib_attention_jax.configs import changes as changes_lib
 from ib_attention_jax.configs import schema
 from ib_attention_jax.errors import UserError
 from ib_attention_jax.runtime.atomic import atomic_write_text
-from ib_attention_jax.runtime.paths import as_path
+from ib_attention_jax.runtime.paths import as_path, is_remote
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -44,10 +44,6 @@ class ConfigMismatchError(WorkdirError):
 
 class WorkdirLockedError(WorkdirError):
     """Another live process is training in this workdir."""
-
-
-def _is_remote(path: epath.Path) -> bool:
-    return "://" in os.fspath(path)
 
 
 # -- the recorded config --------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def check_writable(workdir: epath.Path) -> None:
     """Raises WorkdirError at once if files cannot be created in ``workdir`` (before any long work)."""
     probe = workdir / f".write-check-{os.getpid()}"
     try:
-        if _is_remote(workdir):
+        if is_remote(workdir):
             probe.write_text("")
         else:
             os.close(os.open(os.fspath(probe), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -141,7 +137,7 @@ class WorkdirLock:
                            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token})
 
     def _create(self) -> bool:
-        if _is_remote(self.path):
+        if is_remote(self.path):
             if self.path.exists():
                 return False
             self.path.write_text(self._record())
