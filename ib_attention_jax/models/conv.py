@@ -11,6 +11,7 @@ All forms compute the same function of the same ``kernel``/``bias`` parameters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ib_attention_jax.models import backend
-from ib_attention_jax.models.winograd import conv2d_winograd
+from ib_attention_jax.models.winograd import after, conv2d_winograd
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -81,31 +82,88 @@ def conv2d_xla(x: Array, kernel: Array, stride: int = 1, padding: int | Sequence
     )
 
 
-def conv2d_slices(x: Array, kernel: Array, stride: int = 1, padding: int | Sequence = 0) -> Array:
-    """NHWC x HWIO convolution as ``kh*kw`` strided slices, one concat and one matmul.
-
-    The patch channels are ordered (kh, kw, cin), the row-major order of an HWIO
-    kernel, so the kernel reshapes to ``(kh*kw*cin, cout)`` without a transpose.
-    """
-    kh, kw, cin, cout = kernel.shape
-    (pt, pb), (pl, pr) = _pad_pairs(padding)
-    if pt or pb or pl or pr:
-        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    b, h, w, c = x.shape
+def _slices_geometry(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], stride: int,
+                     pads: tuple[tuple[int, int], tuple[int, int]]) -> tuple[int, int]:
+    """Output rows and columns of the slices form; clear errors for a channel mismatch or a kernel that does not fit."""
+    kh, kw, cin, _ = kernel_shape
+    (pt, pb), (pl, pr) = pads
+    _, h, w, c = x_shape
     if c != cin:
         raise ValueError(f"input has {c} channels but the kernel expects {cin}")
+    h, w = h + pt + pb, w + pl + pr
     ho = (h - kh) // stride + 1
     wo = (w - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"a {kh}x{kw} kernel does not fit a padded {h}x{w} map")
+    return ho, wo
+
+
+def _patches(x: Array, kernel_shape: tuple[int, ...], stride: int,
+             pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """The ``kh*kw`` strided slices of the padded input, concatenated: (b, ho, wo, kh*kw*cin), order (kh, kw, cin)."""
+    kh, kw, _, _ = kernel_shape
+    ho, wo = _slices_geometry(x.shape, kernel_shape, stride, pads)
+    (pt, pb), (pl, pr) = pads
+    if pt or pb or pl or pr:
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    b, _, _, c = x.shape
     cols = [
         lax.slice(x, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
                   (1, stride, stride, 1))
         for i in range(kh) for j in range(kw)
     ]
-    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)  # (b, ho, wo, kh*kw*cin)
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _slices_forward(x: Array, kernel: Array, stride: int, pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    kh, kw, cin, cout = kernel.shape
+    patches = _patches(x, kernel.shape, stride, pads)  # (b, ho, wo, kh*kw*cin)
+    b, ho, wo, _ = patches.shape
     out = jnp.dot(patches.reshape(b * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
     return out.reshape(b, ho, wo, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _slices_lean(x: Array, kernel: Array, stride: int, pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    return _slices_forward(x, kernel, stride, pads)
+
+
+def _slices_lean_fwd(x: Array, kernel: Array, stride: int, pads: tuple[tuple[int, int], tuple[int, int]]
+                     ) -> tuple[Array, tuple[Array, Array]]:
+    return _slices_forward(x, kernel, stride, pads), (x, kernel)  # keeps the input, not its kh*kw x larger patches
+
+
+def _slices_lean_bwd(stride: int, pads: tuple[tuple[int, int], tuple[int, int]], residuals: tuple[Array, Array],
+                     dy: Array) -> tuple[Array, Array]:
+    x, kernel = residuals
+    kh, kw, cin, cout = kernel.shape
+    b, ho, wo, _ = dy.shape
+    # The input gradient is linear in dy and needs only the kernel: the transpose of x -> conv(x, kernel).
+    (dx,) = jax.linear_transpose(lambda x_: _slices_forward(x_, kernel, stride, pads), x)(dy)
+    # The kernel gradient rebuilds the patches from the input once dy exists (after(): not during the forward pass).
+    patches = _patches(after(x, dy), kernel.shape, stride, pads).reshape(b * ho * wo, kh * kw * cin)
+    dk = lax.dot_general(patches, dy.reshape(b * ho * wo, cout), (((0,), (0,)), ((), ())))  # (kh*kw*cin, cout)
+    return dx, dk.reshape(kernel.shape)
+
+
+_slices_lean.defvjp(_slices_lean_fwd, _slices_lean_bwd)
+
+
+def conv2d_slices(x: Array, kernel: Array, stride: int = 1, padding: int | Sequence = 0) -> Array:
+    """NHWC x HWIO convolution as ``kh*kw`` strided slices, one concat and one matmul.
+
+    The patch channels are ordered (kh, kw, cin), the row-major order of an HWIO
+    kernel, so the kernel reshapes to ``(kh*kw*cin, cout)`` without a transpose. For
+    kernels larger than 1x1 the gradient is written out (``jax.custom_vjp``) so the
+    backward pass keeps the input rather than its ``kh*kw`` times larger patch matrix:
+    the kernel gradient rebuilds the patches when the output gradient exists, the input
+    gradient is the transpose of the (linear) convolution.
+    """
+    pads = _pad_pairs(padding)
+    _slices_geometry(x.shape, kernel.shape, stride, pads)  # clear errors before tracing a gradient
+    if kernel.shape[0] * kernel.shape[1] == 1:
+        return _slices_forward(x, kernel, stride, pads)  # the patches are the (strided) input itself
+    return _slices_lean(x, kernel, stride, pads)
 
 
 def conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | Sequence = 0,

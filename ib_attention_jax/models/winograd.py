@@ -1,4 +1,4 @@
-"""3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3).
+"""3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3), with a memory-lean gradient.
 
 Each 2x2 block of outputs is computed from a 4x4 tile of the input as
 ``A^T [(G g G^T) * (B^T d B)] A`` (Lavin & Gray, 2016): the 16 products per tile and
@@ -6,15 +6,37 @@ channel pair replace the 36 of a direct 3x3 convolution, so the one batched matr
 multiply that does the work has 2.25x fewer FLOPs than the ``kh*kw`` patch matrix of
 the slices form. The input and output transforms are additions only, and ``G`` holds
 halves, so in float32 the result stays within about 2e-6 (relative to the largest
-output) of a direct convolution. Gradients come from differentiating this form: both
-are again 16 batched matrix multiplies of the same size.
+output) of a direct convolution.
+
+The gradient is written out (``jax.custom_vjp``) so that the backward pass keeps only
+the layer's input and kernel. Differentiating the forward form kept its transformed
+input tiles, 4x the input's size, and the transformed kernel for every layer until the
+backward pass reached it. Instead the backward pass transforms the output gradient once,
+``dm = A dy A^T`` per tile, and from it computes, with 16 batched matrix multiplies each
+of the forward's size:
+
+* the input gradient ``B [dm U^T] B^T``, summed back over the overlapping tiles;
+* the kernel gradient ``G^T [sum over tiles (B^T d B)^T dm] G``, with the input tiles
+  rebuilt from the input.
+
+XLA's CPU compiler would merge a rebuilt transform with the forward's (CSE) or compute it
+during the forward pass, as soon as its input exists, and keep it; it also drops
+``lax.optimization_barrier``. So what the backward pass rebuilds goes through
+:func:`after`, which makes it depend on the output gradient. Every transform is written
+entry by entry (no intermediate shared between outputs), so each fuses into one pass over
+memory. Layers whose tiles exceed ``BACKWARD_CHUNK_BYTES`` run their backward pass in batch
+chunks, one after the other. In the CPU train step at batch 32 this took XLA's temporaries
+from 1311 to 666 MB (``vgg_aib``) and from 3.5 GB to 1.7 GB (``wrn_aib``, with the slices
+form's written-out gradient in ``conv.py``).
 
 Why here: on CPU the train step of the wide models spends over 90% of its time in 3x3
 stride-1 convolutions, and the matmul is already near the machine's peak, so fewer
-FLOPs is the remaining lever.
+FLOPs is the remaining lever; their activation memory was most of the step's temporaries.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,34 +44,52 @@ import numpy as np
 from jax import lax
 
 Array = jax.Array
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
-# Kernel transform G (4x3); the input (B^T) and output (A^T) transforms are written out as additions below.
+# F(2x2, 3x3): input transform B^T (4x4), output transform A^T (2x4), kernel transform G (4x3).
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int8)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.int8)
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
 
-
-def _input_transform(d0: Array, d1: Array, d2: Array, d3: Array) -> list[Array]:
-    """Rows of ``B^T d`` from the four rows d0..d3 of a tile: B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]."""
-    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-
-
-def _output_transform(m0: Array, m1: Array, m2: Array, m3: Array) -> list[Array]:
-    """Rows of ``A^T m`` from the four rows of a product tile: A^T = [[1,1,1,0],[0,1,-1,-1]]."""
-    return [m0 + m1 + m2, m1 - m2 - m3]
+# The backward pass of a layer whose tiles (16 x tiles x max(cin, cout) float32) are larger runs
+# in batch chunks of at most this size, one after the other, to bound the step's peak memory.
+BACKWARD_CHUNK_BYTES = 64 * 2**20
 
 
-def _tile_rows(x: Array, axis: int, tiles: int) -> list[Array]:
-    """The four overlapping row sets of ``tiles`` 4-row tiles at stride 2 along ``axis``.
+def _signed_sum(terms: list[tuple[int, Array]]) -> Array:
+    """``sum(c * a)`` for coefficients ``c`` of +-1 (zeros skipped), written with additions and subtractions."""
+    terms = [(c, a) for c, a in terms if c]
+    out = terms[0][1] if terms[0][0] > 0 else -terms[0][1]
+    for c, a in terms[1:]:
+        out = out + a if c > 0 else out - a
+    return out
 
-    ``x`` has ``2 * tiles + 2`` entries along ``axis``; splitting it into even and odd
-    rows turns the stride-2 tiling into contiguous slices.
+
+Entries = dict[tuple[int, int], Array]
+
+
+def _two_sided(left: np.ndarray, right: np.ndarray, parts: Entries) -> Entries:
+    """``left @ P @ right^T`` entry by entry, where ``parts[(i, j)]`` is entry (i, j) of P, each an array.
+
+    Every output entry is written as its own sum of the inputs, with no intermediate
+    shared between outputs, so XLA fuses each transform into one pass over memory.
     """
-    shape = x.shape
-    pairs = x.reshape(*shape[:axis], tiles + 1, 2, *shape[axis + 1:])
-    even = lax.index_in_dim(pairs, 0, axis + 1, keepdims=False)
-    odd = lax.index_in_dim(pairs, 1, axis + 1, keepdims=False)
-    first = lax.slice_in_dim(even, 0, tiles, axis=axis), lax.slice_in_dim(odd, 0, tiles, axis=axis)
-    second = lax.slice_in_dim(even, 1, tiles + 1, axis=axis), lax.slice_in_dim(odd, 1, tiles + 1, axis=axis)
-    return [first[0], first[1], second[0], second[1]]
+    return {(a, b): _signed_sum([(int(left[a, i] * right[b, j]), parts[(i, j)])
+                                 for i in range(left.shape[1]) for j in range(right.shape[1])])
+            for a in range(left.shape[0]) for b in range(right.shape[0])}
+
+
+def _tile_entries(x: Array, axes: tuple[int, int], tiles: tuple[int, int]) -> Entries:
+    """Entry (i, j) of every 4x4 tile at stride 2 over the spatial ``axes``: ``x[2t+i, 2s+j]`` for all tiles (t, s)."""
+    return {(i, j): lax.slice_in_dim(lax.slice_in_dim(x, i, i + 2 * tiles[0] - 1, 2, axes[0]),
+                                     j, j + 2 * tiles[1] - 1, 2, axes[1])
+            for i in range(4) for j in range(4)}
+
+
+def _transformed_tiles(x: Array, axes: tuple[int, int], tiles: tuple[int, int]) -> list[Array]:
+    """``B^T d B`` of every 4x4 tile at stride 2 over the two spatial ``axes``: 16 arrays, row-major (a, b)."""
+    v = _two_sided(_BT, _BT, _tile_entries(x, axes, tiles))
+    return [v[(a, b)] for a in range(4) for b in range(4)]
 
 
 def winograd_kernel(kernel: Array) -> Array:
@@ -59,12 +99,142 @@ def winograd_kernel(kernel: Array) -> Array:
     return u.reshape(16, *kernel.shape[2:])
 
 
-def conv2d_winograd(x: Array, kernel: Array, padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
-                    ) -> Array:
+def _geometry(x_shape: tuple[int, ...], padding: Padding) -> tuple[int, int, int, int]:
+    """Output rows/columns and tiles per column/row of a padded 3x3 stride-1 convolution."""
+    (pt, pb), (pl, pr) = padding
+    ho, wo = x_shape[1] + pt + pb - 2, x_shape[2] + pl + pr - 2
+    return ho, wo, -(-ho // 2), -(-wo // 2)
+
+
+def _pad_spatial(x: Array, axes: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+    """Zero-pads (or, for negative amounts, crops) the two spatial ``axes``."""
+    config = [(0, 0, 0)] * x.ndim
+    for axis, (lo, hi) in zip(axes, pads, strict=True):
+        config[axis] = (lo, hi, 0)
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _tiling_pads(x_shape: tuple[int, ...], padding: Padding, th: int, tw: int) -> tuple[tuple[int, int], ...]:
+    """The padding that makes the input exactly ``2*th+2`` x ``2*tw+2``: the convolution's, plus zeros for odd sizes."""
+    (pt, _), (pl, _) = padding
+    return (pt, 2 * th + 2 - x_shape[1] - pt), (pl, 2 * tw + 2 - x_shape[2] - pl)
+
+
+def _forward(x: Array, kernel: Array, padding: Padding) -> Array:
+    b, h, w, c = x.shape
+    cout = kernel.shape[3]
+    ho, wo, th, tw = _geometry(x.shape, padding)
+    xp = _pad_spatial(x, (1, 2), _tiling_pads(x.shape, padding, th, tw))  # (b, 2th+2, 2tw+2, c)
+    v = jnp.stack(_transformed_tiles(xp, (1, 2), (th, tw))).reshape(16, b * th * tw, c)
+
+    m = lax.dot_general(v, winograd_kernel(kernel), (((2,), (1,)), ((0,), (0,))))  # (16, b*th*tw, cout)
+    m = m.reshape(16, b, th, tw, cout)
+
+    out = _two_sided(_AT, _AT, {(a, c): m[4 * a + c] for a in range(4) for c in range(4)})  # (b, th, tw, cout) each
+    y = jnp.stack([jnp.stack([out[(i, 0)], out[(i, 1)]], axis=3) for i in range(2)], axis=2)  # (b, th, 2, tw, 2, cout)
+    y = y.reshape(b, 2 * th, 2 * tw, cout)
+    return y[:, :ho, :wo]  # drops the extra row/column of odd sizes
+
+
+def _output_gradient_tiles(dy: Array, th: int, tw: int) -> Array:
+    """``A dy A^T`` of every 2x2 output-gradient block: (b, ho, wo, cout) -> (16, b*th*tw, cout)."""
+    b, ho, wo, cout = dy.shape
+    dyp = _pad_spatial(dy, (1, 2), ((0, 2 * th - ho), (0, 2 * tw - wo)))  # (b, 2th, 2tw, cout)
+    blocks = dyp.reshape(b, th, 2, tw, 2, cout)
+    dm = _two_sided(_AT.T, _AT.T, {(i, j): blocks[:, :, i, :, j] for i in range(2) for j in range(2)})
+    return jnp.stack([dm[(a, c)] for a in range(4) for c in range(4)]).reshape(16, b * th * tw, cout)
+
+
+def _input_gradient(dm: Array, kernel: Array, x_shape: tuple[int, ...], padding: Padding) -> Array:
+    """dL/dx from the product-tile gradients ``dm``: ``B [dm U^T] B^T`` summed back over the overlapping tiles.
+
+    Entry (i, j) of tile (t, s) came from padded-input position (2t+i, 2s+j), so input
+    position (2u+r, 2w+q) gathers entries i in {r, r+2}, j in {q, q+2} of tiles (u - i//2, w - j//2).
+    """
+    b, h, w, c = x_shape
+    _, _, th, tw = _geometry(x_shape, padding)
+    dv = lax.dot_general(dm, winograd_kernel(kernel), (((2,), (2,)), ((0,), (0,))))  # (16, b*th*tw, cin)
+    dv = dv.reshape(16, b, th, tw, c)
+    entries = _two_sided(_BT.T, _BT.T, {(a, e): dv[4 * a + e] for a in range(4) for e in range(4)})  # (b, th, tw, c)
+    shifted = {ij: _pad_spatial(e, (1, 2), ((ij[0] // 2, 1 - ij[0] // 2), (ij[1] // 2, 1 - ij[1] // 2)))
+               for ij, e in entries.items()}  # (b, th+1, tw+1, c), each moved to its tile's rows/columns
+    parity = {(r, q): shifted[(r, q)] + shifted[(r + 2, q)] + shifted[(r, q + 2)] + shifted[(r + 2, q + 2)]
+              for r in range(2) for q in range(2)}
+    dxp = jnp.stack([jnp.stack([parity[(r, 0)], parity[(r, 1)]], axis=3) for r in range(2)], axis=2)
+    dxp = dxp.reshape(b, 2 * th + 2, 2 * tw + 2, c)
+    (top, bottom), (left, right) = _tiling_pads(x_shape, padding, th, tw)
+    return _pad_spatial(dxp, (1, 2), ((-top, -bottom), (-left, -right)))  # the padding's rows/columns dropped
+
+
+def _kernel_gradient(x: Array, dm: Array, padding: Padding) -> Array:
+    """dL/dkernel: ``G^T [sum over tiles (B^T d B)^T dm] G``, 16 batched (cin x tiles) @ (tiles x cout)."""
+    b, h, w, c = x.shape
+    cout = dm.shape[2]
+    _, _, th, tw = _geometry(x.shape, padding)
+    xp = _pad_spatial(x, (1, 2), _tiling_pads(x.shape, padding, th, tw))  # (b, 2th+2, 2tw+2, c)
+    v = jnp.stack(_transformed_tiles(xp, (1, 2), (th, tw))).reshape(16, b * th * tw, c)
+    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
+    g = jnp.asarray(_G, du.dtype)
+    return jnp.einsum("ai,abco,bj->ijco", g, du.reshape(4, 4, c, cout), g)  # (3, 3, cin, cout)
+
+
+def after(x: Array, dy: Array) -> Array:
+    """``x``, made to depend on ``dy``: computations on the result cannot run before ``dy`` exists.
+
+    XLA's CPU scheduler otherwise builds the backward pass's input tiles during the forward
+    pass, as soon as ``x`` exists, and keeps them alive until the backward pass (its
+    pipeline drops ``lax.optimization_barrier``). The added zero is ``0 * dy[0, 0, 0, 0]``,
+    which XLA does not fold for floats (it would be NaN for a non-finite ``dy``, where the
+    kernel gradient is non-finite anyway); it fuses into the tiles' computation.
+    """
+    return x + 0 * dy[(0,) * dy.ndim].astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _winograd(x: Array, kernel: Array, padding: Padding) -> Array:
+    return _forward(x, kernel, padding)
+
+
+def _winograd_fwd(x: Array, kernel: Array, padding: Padding) -> tuple[Array, tuple[Array, Array]]:
+    return _forward(x, kernel, padding), (x, kernel)  # keeps the input, not its 4x larger tiles
+
+
+def _backward_chunks(x_shape: tuple[int, ...], cout: int, padding: Padding) -> int:
+    """How many batch chunks the backward pass takes: each chunk's tiles at most ``BACKWARD_CHUNK_BYTES``."""
+    _, _, th, tw = _geometry(x_shape, padding)
+    tile_bytes = 16 * x_shape[0] * th * tw * max(x_shape[3], cout) * 4
+    chunks = 1
+    while tile_bytes > chunks * BACKWARD_CHUNK_BYTES and x_shape[0] % (2 * chunks) == 0:
+        chunks *= 2
+    return chunks
+
+
+def _winograd_bwd(padding: Padding, residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+    x, kernel = residuals
+    _, _, th, tw = _geometry(x.shape, padding)
+    chunks = _backward_chunks(x.shape, kernel.shape[3], padding)
+    step = x.shape[0] // chunks
+    dxs, dk = [], None
+    for i in range(chunks):  # one batch chunk after the other: each one's tiles are freed before the next
+        xc, dyc = x[i * step:(i + 1) * step], dy[i * step:(i + 1) * step]
+        if dk is not None:
+            dyc = after(dyc, dk)
+        dm = _output_gradient_tiles(dyc, th, tw)  # (16, chunk*th*tw, cout), shared by both gradients
+        # after(): the backward's kernel transform is its own, not the forward's kept until now
+        dxs.append(_input_gradient(dm, after(kernel, dyc), xc.shape, padding))
+        part = _kernel_gradient(after(xc, dyc), dm, padding)
+        dk = part if dk is None else dk + part
+    return (dxs[0] if chunks == 1 else jnp.concatenate(dxs)), dk
+
+
+_winograd.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+def conv2d_winograd(x: Array, kernel: Array, padding: Padding = ((1, 1), (1, 1))) -> Array:
     """NHWC x HWIO 3x3 stride-1 convolution (cross-correlation, as in PyTorch) with F(2x2, 3x3).
 
     ``padding`` is ((top, bottom), (left, right)). Odd output sizes are computed on one
-    extra row/column of zeros and cropped.
+    extra row/column of zeros and cropped. Differentiable in ``x`` and ``kernel``.
     """
     kh, kw, cin, cout = kernel.shape
     if (kh, kw) != (3, 3):
@@ -73,21 +243,7 @@ def conv2d_winograd(x: Array, kernel: Array, padding: tuple[tuple[int, int], tup
     if c != cin:
         raise ValueError(f"input has {c} channels but the kernel expects {cin}")
     (pt, pb), (pl, pr) = padding
-    ho, wo = h + pt + pb - 2, w + pl + pr - 2
-    if ho < 1 or wo < 1:
+    if h + pt + pb - 2 < 1 or w + pl + pr - 2 < 1:
         raise ValueError(f"a 3x3 kernel does not fit a padded {h + pt + pb}x{w + pl + pr} map")
-    th, tw = -(-ho // 2), -(-wo // 2)  # tiles per column / row
-    x = jnp.pad(x, ((0, 0), (pt, 2 * th + 2 - h - pt), (pl, 2 * tw + 2 - w - pl), (0, 0)))  # (b, 2th+2, 2tw+2, c)
-
-    rows = _input_transform(*_tile_rows(x, 1, th))  # 4 x (b, th, 2tw+2, c)
-    tiles = [v for r in rows for v in _input_transform(*_tile_rows(r, 2, tw))]  # 16 x (b, th, tw, c)
-    v = jnp.stack(tiles).reshape(16, b * th * tw, c)
-
-    m = lax.dot_general(v, winograd_kernel(kernel), (((2,), (1,)), ((0,), (0,))))  # (16, b*th*tw, cout)
-    m = m.reshape(4, 4, b, th, tw, cout)
-
-    out_rows = _output_transform(m[0], m[1], m[2], m[3])  # 2 x (4, b, th, tw, cout)
-    out = [_output_transform(r[0], r[1], r[2], r[3]) for r in out_rows]  # [row][col] (b, th, tw, cout)
-    y = jnp.stack([jnp.stack(cols, axis=3) for cols in out], axis=2)  # (b, th, 2, tw, 2, cout)
-    y = y.reshape(b, 2 * th, 2 * tw, cout)
-    return y[:, :ho, :wo]  # drops the extra row/column of odd sizes
+    padding = ((int(pt), int(pb)), (int(pl), int(pr)))
+    return _winograd(x, kernel, padding)
