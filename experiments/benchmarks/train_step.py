@@ -32,7 +32,9 @@ and, when N is below the CPUs this process may use, pins the whole process to N 
 jax 0.10, pinning did. Memory: the process's peak RSS; per framework, how far the
 peak RSS rose above the process's RSS before that framework's setup (JAX: init,
 compile, first step, measured before torch allocates anything; torch: model, first
-step and warm-up, measured by resetting the kernel's high-water mark VmHWM); XLA's
+step and warm-up, measured by resetting the kernel's high-water mark VmHWM; before each
+framework's phase and after the JAX compile the C heap's free pages go back to the kernel,
+``malloc_trim``, and the JAX side holds the model's variables once, in its train state); XLA's
 buffer sizes of the compiled step (``memory_analysis()``) and ``memory_stats()`` of the
 JAX device where the backend has them (not on CPU).
 
@@ -109,6 +111,24 @@ def phase_peak_mb() -> float | None:
     """VmHWM: the peak RSS since the last :func:`reset_peak_rss` (MiB)."""
     kb = _status_kb("VmHWM")
     return None if kb is None else kb / 1024
+
+
+def release_free_heap() -> bool:
+    """Hands the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``); False where there is no glibc.
+
+    XLA's compiler frees gigabytes of scratch memory that glibc keeps mapped in its heaps;
+    the compiled step then allocates its buffers with fresh ``mmap`` calls next to it, so
+    the process's peak RSS is the compiler's leftovers plus the step's buffers. Trimming
+    after compiling lets the step's buffers take those pages instead.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def cpu_name() -> str:
@@ -231,13 +251,15 @@ class JaxBench(Bench):
         self.model = build_model(config, NUM_CLASSES, axis_name="data")  # the training loop's model
         init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
         t = time.perf_counter()
-        self.variables = jax.jit(lambda k: self.model.init(k, jnp.zeros((1, 32, 32, 3)), deterministic=True))(
-            init_key)
-        jax.block_until_ready(self.variables)
+        self._init = jax.jit(lambda k: self.model.init(k, jnp.zeros((1, 32, 32, 3)), deterministic=True))
+        self._init_key = init_key
+        variables = self.initial_variables()
         self.setup["init_s"] = time.perf_counter() - t
         tx, _ = make_optimizer(OptimizerConfig(name="sgd", **RECIPE), steps_per_epoch=1000, total_steps=10**6)
         runner = Runner("shard_map", jax.devices()[:1])
-        self.state = runner.replicate(TrainState.create(self.variables, tx, state_key))
+        self.state = runner.replicate(TrainState.create(variables, tx, state_key))
+        del variables  # the state holds its own copy; the torch export calls initial_variables() again
+        release_free_heap()
         step = runner.compile_train_step(make_train_step(self.model, tx, StepConfig(objective=official_objective(
             model_name))))
         self.batch = runner.shard_batch(train_feed(images, labels, host_batch_index(batch)))
@@ -245,11 +267,17 @@ class JaxBench(Bench):
         self.step = step.lower(self.state, self.batch).compile()  # the Runner's jit, compiled once
         self.setup["compile_s"] = time.perf_counter() - t
         self.step_flops, self.flops_source = xla_flops(self.step)
+        release_free_heap()  # the compiler's freed scratch memory, before the step allocates its buffers
         t = time.perf_counter()
         self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready(self.state)
         self.setup["first_step_s"] = time.perf_counter() - t
         self.losses.append(float(metrics["total"]))
+
+    def initial_variables(self) -> Any:
+        """The model's initial variables (the same every call: a fixed key), e.g. to export them to torch."""
+        variables = self._init(self._init_key)
+        return self._jax.block_until_ready(variables)
 
     def memory_analysis(self) -> dict[str, float] | None:
         """XLA's buffer sizes of the compiled step (MiB): arguments, outputs, temporaries."""
@@ -443,6 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 1000)
     images = rng.standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
     labels = np.arange(args.batch) % NUM_CLASSES
+    release_free_heap()
     rss_base = rss_mb()
 
     print(f"{args.model}, batch {args.batch}, {args.dtype}, {device_name(jax.devices()[0])}, {args.threads} threads "
@@ -454,7 +483,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"first step {jb.setup['first_step_s']:.1f} s", flush=True)
     benches: list[Bench] = [jb]
     if not args.no_torch:
-        state_dict = to_state_dict(jb.model, jb.variables)
+        state_dict = to_state_dict(jb.model, jb.initial_variables())
+        release_free_heap()  # as the JAX side had after compiling
         rss_before, can_reset = rss_mb(), reset_peak_rss()
         tb = TorchBench(args.model, args.dtype, args.threads, state_dict, images, labels,
                         torch_device(args.torch_device), args.torch_channels_last)
@@ -466,7 +496,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tb.peak_added_mb = round(hwm - rss_before, 1)
         print(f"  torch ({tb.device}): first step (with FLOP counting) {tb.setup['first_step_s']:.1f} s", flush=True)
         benches.append(tb)
-    del jb.variables  # the JAX state lives in jb.state
     for _ in range(args.warmup):
         jb.run(1)
     for r in range(args.repeats):  # interleaved: jax, torch, jax, torch, ...
