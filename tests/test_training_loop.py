@@ -157,13 +157,14 @@ def test_ctrl_c_saves_a_checkpoint_at_the_step_it_stopped_and_a_second_run_is_lo
 def test_the_first_ctrl_c_asks_for_a_save_and_the_second_aborts():
     from ib_attention_jax.training.loop import _StopFlag
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a background job
     with _StopFlag() as stop:
         assert signal.getsignal(signal.SIGINT) == stop._handle
         stop._handle(signal.SIGINT, None)
         assert stop.requested and stop.signal_name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the handler in place before is back
     with _StopFlag() as stop:
         stop._handle(signal.SIGTERM, None)
         stop._handle(signal.SIGTERM, None)  # SIGTERM twice still saves
