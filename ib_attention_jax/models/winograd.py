@@ -120,13 +120,18 @@ def _tiling_pads(x_shape: tuple[int, ...], padding: Padding, th: int, tw: int) -
     return (pt, 2 * th + 2 - x_shape[1] - pt), (pl, 2 * tw + 2 - x_shape[2] - pl)
 
 
+def _input_tiles(x: Array, padding: Padding, th: int, tw: int) -> Array:
+    """``B^T d B`` of every 4x4 input tile, stacked: (b, h, w, c) -> (16, b*th*tw, c)."""
+    b, _, _, c = x.shape
+    xp = _pad_spatial(x, (1, 2), _tiling_pads(x.shape, padding, th, tw))  # (b, 2th+2, 2tw+2, c)
+    return jnp.stack(_transformed_tiles(xp, (1, 2), (th, tw))).reshape(16, b * th * tw, c)
+
+
 def _forward(x: Array, kernel: Array, padding: Padding) -> Array:
     b, h, w, c = x.shape
     cout = kernel.shape[3]
     ho, wo, th, tw = _geometry(x.shape, padding)
-    xp = _pad_spatial(x, (1, 2), _tiling_pads(x.shape, padding, th, tw))  # (b, 2th+2, 2tw+2, c)
-    v = jnp.stack(_transformed_tiles(xp, (1, 2), (th, tw))).reshape(16, b * th * tw, c)
-
+    v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, c)
     m = lax.dot_general(v, winograd_kernel(kernel), (((2,), (1,)), ((0,), (0,))))  # (16, b*th*tw, cout)
     m = m.reshape(16, b, th, tw, cout)
 
@@ -171,8 +176,7 @@ def _kernel_gradient(x: Array, dm: Array, padding: Padding) -> Array:
     b, h, w, c = x.shape
     cout = dm.shape[2]
     _, _, th, tw = _geometry(x.shape, padding)
-    xp = _pad_spatial(x, (1, 2), _tiling_pads(x.shape, padding, th, tw))  # (b, 2th+2, 2tw+2, c)
-    v = jnp.stack(_transformed_tiles(xp, (1, 2), (th, tw))).reshape(16, b * th * tw, c)
+    v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, cin)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
     g = jnp.asarray(_G, du.dtype)
     return jnp.einsum("ai,abco,bj->ijco", g, du.reshape(4, 4, c, cout), g)  # (3, 3, cin, cout)
