@@ -22,6 +22,7 @@ from ib_attention_jax.models.aib import AIBClassifier, PlainClassifier
 from ib_attention_jax.models.attention import VariationalAttention
 from ib_attention_jax.models.bottleneck import ReLULinearDecoder
 from ib_attention_jax.models.conv import Conv
+from ib_attention_jax.models.dropout import Dropout
 from ib_attention_jax.models.layers import (
     BackboneModule,
     he_normal_fan_out,
@@ -47,7 +48,7 @@ class WideBasicBlock(BackboneModule):
         out = Conv(self.features, 3, self.stride, name="conv1", **conv)(act)
         out = nn.relu(self.batch_norm(train, name="bn2")(out))
         if self.dropout_rate > 0:
-            out = nn.Dropout(self.dropout_rate)(out, deterministic=not train)
+            out = Dropout(self.dropout_rate)(out, deterministic=not train)
         out = Conv(self.features, 3, 1, name="conv2", **conv)(out)
         shortcut = x if equal else Conv(self.features, 1, self.stride, padding=0, name="convShortcut", **conv)(act)
         return shortcut + out
