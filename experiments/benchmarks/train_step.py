@@ -34,7 +34,8 @@ peak RSS rose above the process's RSS before that framework's setup (JAX: init,
 compile, first step, measured before torch allocates anything; torch: model, first
 step and warm-up, measured by resetting the kernel's high-water mark VmHWM; before each
 framework's phase and after the JAX compile the C heap's free pages go back to the kernel,
-``malloc_trim``, and the JAX side holds the model's variables once, in its train state); XLA's
+``malloc_trim``, and the JAX side holds the model's variables once, in its train state), with
+the JAX process's RSS after building the state, after compiling and after the first step; XLA's
 buffer sizes of the compiled step (``memory_analysis()``) and ``memory_stats()`` of the
 JAX device where the backend has them (not on CPU).
 
@@ -260,6 +261,7 @@ class JaxBench(Bench):
         self.state = runner.replicate(TrainState.create(variables, tx, state_key))
         del variables  # the state holds its own copy; the torch export calls initial_variables() again
         release_free_heap()
+        self.setup["rss_with_state_mb"] = rss_mb()
         step = runner.compile_train_step(make_train_step(self.model, tx, StepConfig(objective=official_objective(
             model_name))))
         self.batch = runner.shard_batch(train_feed(images, labels, host_batch_index(batch)))
@@ -268,10 +270,12 @@ class JaxBench(Bench):
         self.setup["compile_s"] = time.perf_counter() - t
         self.step_flops, self.flops_source = xla_flops(self.step)
         release_free_heap()  # the compiler's freed scratch memory, before the step allocates its buffers
+        self.setup["rss_compiled_mb"] = rss_mb()
         t = time.perf_counter()
         self.state, metrics = self.step(self.state, self.batch)
         jax.block_until_ready(self.state)
         self.setup["first_step_s"] = time.perf_counter() - t
+        self.setup["rss_after_first_step_mb"] = rss_mb()
         self.losses.append(float(metrics["total"]))
 
     def initial_variables(self) -> Any:
@@ -535,6 +539,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb(), 1), "jax_peak_rss_mb": round(jax_peak, 1),
         "base_rss_mb": None if rss_base is None else round(rss_base, 1), "jax_peak_added_mb": j["peak_added_mb"],
         "torch_peak_added_mb": None if t is None else t["peak_added_mb"],
+        "jax_rss_mb": {phase: None if jb.setup.get(key) is None else round(jb.setup[key], 1)
+                       for phase, key in (("with_state", "rss_with_state_mb"), ("compiled", "rss_compiled_mb"),
+                                          ("after_first_step", "rss_after_first_step_mb"))},
         "jax_buffers_mb": jb.memory_analysis(), "jax_memory_stats": jb.memory_stats(),
         "jax_peak_device_mb": jb.peak_device_mb(), "torch_peak_device_mb": None if tb is None else tb.peak_device_mb(),
         "jax_matmul_precision": jax.config.jax_default_matmul_precision or "default",
