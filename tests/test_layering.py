@@ -49,6 +49,22 @@ def test_the_eval_step_imports_with_the_core_dependencies_only():
     assert out == "ib_attention_jax.evaluation.step []"
 
 
+def test_importing_every_module_of_the_package_starts_no_jax_backend():
+    """A module-level jnp array would start the backend on import, and then jax.distributed.initialize,
+    which every mode calls first on a multi-host run, refuses to run."""
+    code = ("import importlib, pkgutil\n"
+            "import ib_attention_jax as pkg\n"
+            "names = [m.name for m in pkgutil.walk_packages(pkg.__path__, 'ib_attention_jax.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "from jax._src import xla_bridge\n"
+            "print(len(names), xla_bridge.backends_are_initialized())\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    count, started = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                                    timeout=300, check=True).stdout.split()
+    assert int(count) >= 60 and started == "False"
+
+
 @pytest.mark.parametrize("layer", ["evaluation", "runtime"])
 def test_no_evaluation_or_runtime_source_names_training_or_modes_even_lazily(layer):
     sources = sorted((PACKAGE / layer).glob("*.py"))

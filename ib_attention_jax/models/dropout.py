@@ -18,10 +18,12 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
-_BITS = jnp.arange(8, dtype=jnp.uint8)  # bit i of a byte holds element i of its group of eight
+# bit i of a byte holds element i of its group of eight; numpy, so importing starts no JAX backend
+_BITS = np.arange(8, dtype=np.uint8)
 
 
 def _pack(keep: Array) -> Array:
