@@ -539,9 +539,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_rss_mb": round(peak_rss_mb(), 1), "jax_peak_rss_mb": round(jax_peak, 1),
         "base_rss_mb": None if rss_base is None else round(rss_base, 1), "jax_peak_added_mb": j["peak_added_mb"],
         "torch_peak_added_mb": None if t is None else t["peak_added_mb"],
-        "jax_rss_mb": {phase: None if jb.setup.get(key) is None else round(jb.setup[key], 1)
-                       for phase, key in (("with_state", "rss_with_state_mb"), ("compiled", "rss_compiled_mb"),
-                                          ("after_first_step", "rss_after_first_step_mb"))},
+        "jax_rss_mb": {phase: None if (mb := j[f"rss_{phase}_mb"]) is None else round(mb, 1)
+                       for phase in ("with_state", "compiled", "after_first_step")},
         "jax_buffers_mb": jb.memory_analysis(), "jax_memory_stats": jb.memory_stats(),
         "jax_peak_device_mb": jb.peak_device_mb(), "torch_peak_device_mb": None if tb is None else tb.peak_device_mb(),
         "jax_matmul_precision": jax.config.jax_default_matmul_precision or "default",

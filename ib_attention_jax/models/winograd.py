@@ -173,8 +173,7 @@ def _input_gradient(dm: Array, kernel: Array, x_shape: tuple[int, ...], padding:
 
 def _kernel_gradient(x: Array, dm: Array, padding: Padding) -> Array:
     """dL/dkernel: ``G^T [sum over tiles (B^T d B)^T dm] G``, 16 batched (cin x tiles) @ (tiles x cout)."""
-    b, h, w, c = x.shape
-    cout = dm.shape[2]
+    c, cout = x.shape[3], dm.shape[2]
     _, _, th, tw = _geometry(x.shape, padding)
     v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, cin)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
