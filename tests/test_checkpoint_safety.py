@@ -1,7 +1,10 @@
 """Checkpoints never lose work: no silent restart, only this run's are pruned, one error for a full disk."""
 
+import asyncio
 import errno
+import gc
 import json
+import logging
 import math
 
 import numpy as np
@@ -119,6 +122,28 @@ def test_the_closed_event_loop_noise_is_dropped_and_other_unraisables_are_not(mo
     other = RuntimeError("something else")
     checkpoint_lib._drop_closed_loop_noise(Unraisable(other))
     assert seen == [other]
+
+
+def test_unretrieved_disk_full_write_futures_are_not_logged_but_other_failures_are():
+    """A full disk fails several of the writer's futures; asyncio would log each unretrieved one on collection."""
+    checkpoint_lib._install_noise_filter()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        for exc in (ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device [os_error_code='28']"),
+                    OSError(errno.ENOSPC, "No space left on device"), ValueError("a real bug")):
+            future = loop.create_future()
+            future.set_exception(exc)
+            del future  # never retrieved: asyncio reports it when the future is collected
+            gc.collect()
+    finally:
+        loop.close()
+        asyncio_logger.removeHandler(handler)
+    assert [str(r.exc_info[1]) for r in records] == ["a real bug"]
 
 
 def test_best_on_validation_only_replaces_its_own_run(tmp_path):

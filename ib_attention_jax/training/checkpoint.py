@@ -97,11 +97,31 @@ def _drop_closed_loop_noise(unraisable) -> None:
     (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
 
 
+class _DropUnretrievedWriteFailures(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" report of a write that failed for a full or read-only disk.
+
+    A failed Orbax write fails several of tensorstore's futures; the save raises one of them (reported as
+    one CheckpointSaveError) and asyncio logs the others whenever they are garbage-collected, which can be
+    after the save has ended. Any other unretrieved exception is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        unretrieved = "exception was never retrieved" in str(record.msg)
+        return not (unretrieved and exc is not None and _save_problem(exc) is not None)
+
+
+_UNRETRIEVED_FILTER = _DropUnretrievedWriteFailures()
+
+
 def _install_noise_filter() -> None:
     global _previous_unraisablehook
     if sys.unraisablehook is not _drop_closed_loop_noise:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _drop_closed_loop_noise
+    asyncio_logger = logging.getLogger("asyncio")
+    if _UNRETRIEVED_FILTER not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_UNRETRIEVED_FILTER)
 
 
 class _Held(logging.Filter):
