@@ -115,6 +115,7 @@ _UNRETRIEVED_FILTER = _DropUnretrievedWriteFailures()
 
 
 def _install_noise_filter() -> None:
+    """Installs, once per process, the filters of a failed write's leftovers: closed loop, unretrieved futures."""
     global _previous_unraisablehook
     if sys.unraisablehook is not _drop_closed_loop_noise:
         _previous_unraisablehook = sys.unraisablehook
