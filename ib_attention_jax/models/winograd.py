@@ -50,6 +50,7 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int8)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.int8)
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+_G_KRON = np.kron(_G, _G)  # (16, 9): row 4a+b, column 3i+j holds G[a, i] * G[b, j]
 
 # The backward pass of a layer whose tiles (16 x tiles x max(cin, cout) float32) are larger runs
 # in batch chunks of at most this size, one after the other, to bound the step's peak memory.
@@ -93,9 +94,13 @@ def _transformed_tiles(x: Array, axes: tuple[int, int], tiles: tuple[int, int]) 
 
 
 def winograd_kernel(kernel: Array) -> Array:
-    """``G g G^T`` for every channel pair: (3, 3, cin, cout) -> (16, cin, cout)."""
-    g = jnp.asarray(_G, kernel.dtype)
-    u = jnp.einsum("ai,ijco,bj->abco", g, kernel, g)
+    """``G g G^T`` for every channel pair: (3, 3, cin, cout) -> (16, cin, cout).
+
+    One product ``kron(G, G) @ kernel`` with the kernel as (9, cin*cout): as an einsum over
+    (3, 3, cin, cout) XLA computed it as two products with inner size 3 and transposes of
+    the whole kernel: 42.5 ms for a 640 x 640 kernel on 2 threads against 2.1 ms this way.
+    """
+    u = jnp.dot(jnp.asarray(_G_KRON, kernel.dtype), kernel.reshape(9, -1))  # (16, cin*cout)
     return u.reshape(16, *kernel.shape[2:])
 
 
@@ -177,8 +182,9 @@ def _kernel_gradient(x: Array, dm: Array, padding: Padding) -> Array:
     _, _, th, tw = _geometry(x.shape, padding)
     v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, cin)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
-    g = jnp.asarray(_G, du.dtype)
-    return jnp.einsum("ai,abco,bj->ijco", g, du.reshape(4, 4, c, cout), g)  # (3, 3, cin, cout)
+    # G^T du G for every channel pair, as one product (see winograd_kernel): (9, cin*cout)
+    dk = jnp.dot(jnp.asarray(_G_KRON.T, du.dtype), du.reshape(16, -1))
+    return dk.reshape(3, 3, c, cout)
 
 
 def after(x: Array, dy: Array) -> Array:
