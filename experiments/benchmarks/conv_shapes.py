@@ -133,9 +133,9 @@ def time_jax(shape: ConvShape, batch: int, impl: str, repeats: int) -> tuple[flo
         y, vjp = jax.vjp(f, x, k)
         return y, vjp(g)
 
-    bwd = jax.jit(forward_and_backward)
+    both = jax.jit(forward_and_backward)
     return (median_ms(lambda: jax.block_until_ready(fwd(x, kernel)), repeats),
-            median_ms(lambda: jax.block_until_ready(bwd(x, kernel, g)), repeats))
+            median_ms(lambda: jax.block_until_ready(both(x, kernel, g)), repeats))
 
 
 def time_torch(shape: ConvShape, batch: int, repeats: int) -> tuple[float, float]:

@@ -22,14 +22,15 @@ of the forward's size:
 XLA's CPU compiler would merge a rebuilt transform with the forward's (CSE) or compute it
 during the forward pass, as soon as its input exists, and keep it; it also drops
 ``lax.optimization_barrier``. So what the backward pass rebuilds goes through
-:func:`after`, which makes it depend on the output gradient. Every transform is written
-entry by entry (no intermediate shared between outputs), so each fuses into one pass over
-memory; the two that build stacked tiles (input tiles, output-gradient tiles) are one
-broadcast expression over the stack (:func:`_stacked_sums`), so the stack is written by
-that pass and not copied after it. Layers whose tiles exceed ``BACKWARD_CHUNK_BYTES`` run their backward pass in batch
-chunks, one after the other. In the CPU train step at batch 32 this took XLA's temporaries
-from 1311 to 666 MB (``vgg_aib``) and from 3.5 GB to 1.7 GB (``wrn_aib``, with the slices
-form's written-out gradient in ``conv.py``).
+:func:`after`, which makes it depend on the output gradient. The two transforms that build
+stacked tiles (input and output-gradient tiles) are one broadcast expression over the stack
+(:func:`_stacked_sums`), one fusion that writes the stack directly; the output and
+input-gradient transforms are written entry by entry (:func:`_two_sided`, no intermediate
+shared between outputs), so each entry fuses into one pass over memory. Layers whose tiles
+exceed ``BACKWARD_CHUNK_BYTES`` run their backward pass in batch chunks, one after the
+other. In the CPU train step at batch 32 this took XLA's temporaries from 1311 to 666 MB
+(``vgg_aib``) and from 3.5 GB to 1.7 GB (``wrn_aib``, with the slices form's written-out
+gradient in ``conv.py``).
 
 Why here: on CPU the train step of the wide models spends over 90% of its time in 3x3
 stride-1 convolutions, and the matmul is already near the machine's peak, so fewer
