@@ -8,6 +8,7 @@ import pytest
 from ib_attention_jax.models.conv import (
     WINOGRAD_MIN_CHANNELS,
     WINOGRAD_MIN_MAP,
+    WINOGRAD_MIN_OUT_CHANNELS,
     Conv,
     conv2d,
     conv2d_slices,
@@ -140,13 +141,20 @@ def test_resolve_conv_impl():
     assert resolve_conv_impl("auto") == "slices"
     assert resolve_conv_impl("xla") == "xla"
     assert resolve_conv_impl("slices") == "slices"
-    wide, narrow = (3, 3, WINOGRAD_MIN_CHANNELS, 8), (3, 3, WINOGRAD_MIN_CHANNELS - 1, 8)
+    cout = WINOGRAD_MIN_OUT_CHANNELS
+    wide, narrow = (3, 3, WINOGRAD_MIN_CHANNELS, cout), (3, 3, WINOGRAD_MIN_CHANNELS - 1, cout)
     assert resolve_conv_impl("auto", wide, 1, jnp.float32, WINOGRAD_MIN_MAP) == "winograd"
     assert resolve_conv_impl("auto", wide, 1, jnp.float32, WINOGRAD_MIN_MAP - 1) == "slices"  # 4x4, 2x2 maps
     assert resolve_conv_impl("auto", narrow, 1, jnp.float32, 32) == "slices"
     assert resolve_conv_impl("auto", wide, 2, jnp.float32, 32) == "slices"  # strided
     assert resolve_conv_impl("auto", (1, 1, 64, 8), 1, jnp.float32, 32) == "slices"
     assert resolve_conv_impl("auto", wide, 1, jnp.bfloat16, 32) == "slices"
+    # a one-channel map head on a wide input: XLA's convolution; on a narrow input: slices
+    assert resolve_conv_impl("auto", (3, 3, WINOGRAD_MIN_CHANNELS, cout - 1), 1, jnp.float32, 16) == "xla"
+    assert resolve_conv_impl("auto", (3, 3, 256, 1), 1, jnp.float32, 16) == "xla"
+    assert resolve_conv_impl("auto", (3, 3, 256, 1), 2, jnp.float32, 16) == "slices"
+    assert resolve_conv_impl("auto", (3, 3, 10, 1), 1, jnp.float32, 16) == "slices"
+    assert resolve_conv_impl("winograd", (3, 3, 256, 1), 1, jnp.float32, 16) == "winograd"
     assert resolve_conv_impl("winograd", (3, 3, 1, 1), 1, jnp.float32, 2) == "winograd"  # explicit: any 3x3 s1
     assert resolve_conv_impl("winograd", (1, 1, 64, 8), 1) == "slices"
     assert resolve_conv_impl("xla", wide, 1, jnp.float32, 32) == "xla"
@@ -160,7 +168,8 @@ def test_resolve_conv_impl():
 def test_conv_module_same_params_and_outputs_under_every_impl(k, stride, pad, use_bias):
     x = _normal(0, (2, 16, 16, WINOGRAD_MIN_CHANNELS))  # wide enough that "auto" takes Winograd for 3x3 stride 1
     init = jax.nn.initializers.normal(1.0)
-    mods = {impl: Conv(5, k, stride, pad, use_bias=use_bias, kernel_init=init, bias_init=init, impl=impl)
+    cout = WINOGRAD_MIN_OUT_CHANNELS
+    mods = {impl: Conv(cout, k, stride, pad, use_bias=use_bias, kernel_init=init, bias_init=init, impl=impl)
             for impl in ("xla", "slices", "winograd", "auto")}
     params = {impl: m.init(_key(42), x) for impl, m in mods.items()}
     ref = params["xla"]
@@ -169,11 +178,11 @@ def test_conv_module_same_params_and_outputs_under_every_impl(k, stride, pad, us
         for a, b in zip(jax.tree_util.tree_leaves(params[impl]), jax.tree_util.tree_leaves(ref), strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert ref["params"]["kernel"].shape == (k, k, WINOGRAD_MIN_CHANNELS, 5)
+    assert ref["params"]["kernel"].shape == (k, k, WINOGRAD_MIN_CHANNELS, cout)
     assert ("bias" in ref["params"]) == use_bias
     out_ref = jax.jit(mods["xla"].apply)(ref, x)
     size = (16 + 2 * (k // 2 if pad is None else pad) - k) // stride + 1
-    assert out_ref.shape == (2, size, size, 5)
+    assert out_ref.shape == (2, size, size, cout)
     for impl in ("slices", "winograd", "auto"):
         assert _rel_err(jax.jit(mods[impl].apply)(ref, x), out_ref) <= TOL
 

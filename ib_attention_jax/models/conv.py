@@ -35,6 +35,12 @@ CONV_IMPLS = ("auto", "xla", "slices", "winograd")
 # 30 ms slices vs 156 ms Winograd, 4x4x512->512 41 vs 103 ms, 8x8x640->640 251 vs 191 ms).
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_MAP = 8
+# Below this many output channels (the attention maps' one-channel 3x3 heads) Winograd's
+# input tiles cost far more than its few products save, and XLA's own convolution is the
+# fastest form for a wide input (conv_shapes.py-style timing at batch 32, forward + backward,
+# ms, Winograd / XLA: 16x16x256->1 18.0 / 6.2, 32x32x256->4 89 / 42, ->16 96 / 78,
+# ->32 104 / 193). Narrow outputs of narrow inputs (16x16x10->1) stay with slices.
+WINOGRAD_MIN_OUT_CHANNELS = 32
 
 
 def winograd_applies(kernel_shape: Sequence[int], stride: int) -> bool:
@@ -47,10 +53,11 @@ def resolve_conv_impl(impl: str, kernel_shape: Sequence[int] | None = None, stri
     """The form that computes one convolution: ``"xla"``, ``"slices"`` or ``"winograd"``.
 
     ``"auto"`` means XLA's convolution on GPU/TPU and, on CPU, Winograd where it applies
-    to a float32 convolution with at least ``WINOGRAD_MIN_CHANNELS`` input channels on
-    an input map whose smaller side (``map_size``) is at least ``WINOGRAD_MIN_MAP``, and
-    slices elsewhere. ``"winograd"`` falls back to slices for the convolutions it cannot
-    compute (1x1, strided, other kernel sizes). Without ``kernel_shape`` the answer is
+    to a float32 convolution with at least ``WINOGRAD_MIN_CHANNELS`` input and
+    ``WINOGRAD_MIN_OUT_CHANNELS`` output channels on an input map whose smaller side
+    (``map_size``) is at least ``WINOGRAD_MIN_MAP``, XLA's convolution where only the
+    output is narrower than that, and slices elsewhere. ``"winograd"`` falls back to slices
+    for the convolutions it cannot compute (1x1, strided, other kernel sizes). Without ``kernel_shape`` the answer is
     the backend's general form (``"slices"`` on CPU).
     """
     if impl not in CONV_IMPLS:
@@ -61,7 +68,11 @@ def resolve_conv_impl(impl: str, kernel_shape: Sequence[int] | None = None, stri
         worthwhile = (kernel_shape is not None and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
                       and map_size is not None and map_size >= WINOGRAD_MIN_MAP
                       and jnp.dtype(dtype) == jnp.float32)
-        impl = "winograd" if worthwhile else "slices"
+        if not worthwhile:
+            return "slices"
+        if kernel_shape[3] < WINOGRAD_MIN_OUT_CHANNELS and winograd_applies(kernel_shape, stride):
+            return "xla"  # a wide input to a narrow output (a one-channel map head)
+        impl = "winograd"
     if impl == "winograd" and (kernel_shape is None or not winograd_applies(kernel_shape, stride)):
         return "slices"
     return impl
