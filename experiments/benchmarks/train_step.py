@@ -49,7 +49,10 @@ bfloat16`` is ``torch.autocast`` there. JAX does not preallocate the GPU's memor
 
 Run as a program it restarts itself with transparent huge pages for ``malloc``
 (``ib_attention_jax.cpu_memory``; both frameworks allocate through it), unless
-``IB_ATTENTION_NO_HUGE_PAGES=1``; the JSON line records ``GLIBC_TUNABLES``.
+``IB_ATTENTION_NO_HUGE_PAGES=1``; the JSON line records ``GLIBC_TUNABLES`` and ``LD_PRELOAD``
+(a preloaded caching ``malloc`` such as tcmalloc speeds both frameworks up, see
+``docs/performance.md``; it also keeps the memory one framework frees for the other, so
+under one the torch side's extra-memory figure is not meaningful).
 
 Prints a table and, last, one JSON line with the numbers.
 """
@@ -547,7 +550,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_settings": None if tb is None else tb.settings(),
         "jax_losses": j["losses"], "torch_losses": None if t is None else t["losses"],
         "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-        "cpus": cpus, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "dtype": args.dtype,
+        "cpus": cpus, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""), "dtype": args.dtype,
         "conv_impl": args.conv_impl,
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in load_end],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
