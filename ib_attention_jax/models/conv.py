@@ -5,7 +5,9 @@ XLA's convolution. On CPU, where XLA's convolution measured about 5x slower than
 PyTorch's, it writes the convolution as ``k*k`` shifted slices concatenated along
 channels followed by one matrix multiply (the ``"slices"`` form), which ran at parity,
 and 3x3 stride-1 float32 convolutions with enough channels by Winograd's F(2x2, 3x3)
-(``"winograd"``, 2.25x fewer FLOPs; see :mod:`ib_attention_jax.models.winograd`).
+(``"winograd"``, 2.25x fewer FLOPs; see :mod:`ib_attention_jax.models.winograd`), except
+those with a wide input and a narrow output (the one-channel map heads), which XLA's
+convolution computes fastest.
 All forms compute the same function of the same ``kernel``/``bias`` parameters.
 """
 
