@@ -59,8 +59,8 @@ def resolve_conv_impl(impl: str, kernel_shape: Sequence[int] | None = None, stri
     ``WINOGRAD_MIN_OUT_CHANNELS`` output channels on an input map whose smaller side
     (``map_size``) is at least ``WINOGRAD_MIN_MAP``, XLA's convolution where only the
     output is narrower than that, and slices elsewhere. ``"winograd"`` falls back to slices
-    for the convolutions it cannot compute (1x1, strided, other kernel sizes). Without ``kernel_shape`` the answer is
-    the backend's general form (``"slices"`` on CPU).
+    for the convolutions it cannot compute (1x1, strided, other kernel sizes). Without
+    ``kernel_shape`` the answer is the backend's general form (``"slices"`` on CPU).
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
@@ -70,11 +70,10 @@ def resolve_conv_impl(impl: str, kernel_shape: Sequence[int] | None = None, stri
         worthwhile = (kernel_shape is not None and kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
                       and map_size is not None and map_size >= WINOGRAD_MIN_MAP
                       and jnp.dtype(dtype) == jnp.float32)
-        if not worthwhile:
+        if not worthwhile or not winograd_applies(kernel_shape, stride):
             return "slices"
-        if kernel_shape[3] < WINOGRAD_MIN_OUT_CHANNELS and winograd_applies(kernel_shape, stride):
-            return "xla"  # a wide input to a narrow output (a one-channel map head)
-        impl = "winograd"
+        # a wide input to a narrow output (a one-channel map head) goes to XLA's convolution
+        return "xla" if kernel_shape[3] < WINOGRAD_MIN_OUT_CHANNELS else "winograd"
     if impl == "winograd" and (kernel_shape is None or not winograd_applies(kernel_shape, stride)):
         return "slices"
     return impl
