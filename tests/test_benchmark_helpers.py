@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.benchmarks.step_profile import _stand_in_conv, convolutions_replaced
-from experiments.benchmarks.train_step import direct_gflops
+from experiments.benchmarks.train_step import cpu_kind, cpu_kind_label, direct_gflops, paired_ratios
 from ib_attention_jax.models import conv as conv_module
 from ib_attention_jax.models.conv import conv2d_xla
 
@@ -100,3 +100,30 @@ def test_torch_bench_in_channels_last_and_bfloat16_trains_the_same_model():
         losses[name] = bench.losses[0]
     assert losses["nhwc"] == pytest.approx(losses["plain"], rel=1e-4)
     assert losses["amp"] == pytest.approx(losses["plain"], rel=5e-2)  # bfloat16 keeps about 3 digits
+
+
+def _cpuinfo(vendor, family, model, name, flags):
+    block = f"processor\t: {{}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n" \
+            f"model name\t: {name}\nflags\t\t: {flags}\n"
+    return "\n".join(block.format(i) for i in range(2))
+
+
+def test_cpu_kind_tells_apart_processors_with_the_same_model_name():
+    zen5 = cpu_kind(_cpuinfo("AuthenticAMD", 26, 2, "AMD EPYC", "fpu sse2 avx avx2 fma avx512f avx512bw"))
+    older = cpu_kind(_cpuinfo("AuthenticAMD", 23, 49, "AMD EPYC", "fpu sse2 avx avx2 fma"))
+    xeon = cpu_kind(_cpuinfo("GenuineIntel", 6, 143, "Intel(R) Xeon(R) Processor",
+                             "sse2 avx avx2 avx512f amx_bf16 amx_tile"))
+    assert zen5 == {"vendor": "AuthenticAMD", "family": "26", "model": "2", "model_name": "AMD EPYC",
+                    "isa": "avx512", "amx": False}
+    assert (older["isa"], older["family"], older["amx"]) == ("avx2", "23", False)
+    assert (xeon["isa"], xeon["amx"]) == ("avx512", True)
+    assert cpu_kind_label(zen5) == "AMD EPYC (family 26, model 2, avx512)"
+    assert cpu_kind_label(xeon) == "Intel(R) Xeon(R) Processor (family 6, model 143, avx512, amx)"
+    assert cpu_kind("") == {"vendor": None, "family": None, "model": None, "model_name": None, "isa": None,
+                            "amx": False}
+
+
+def test_paired_ratios_compare_the_runs_made_side_by_side():
+    assert paired_ratios([1.0, 2.0, 4.0], [1.5, 2.0, 2.0]) == [1.5, 1.0, 0.5]  # run times: torch / jax
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [1.0, 2.0])

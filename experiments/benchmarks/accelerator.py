@@ -324,11 +324,11 @@ def detect_device() -> dict[str, Any]:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
-    from experiments.benchmarks.train_step import cpu_name, versions
+    from experiments.benchmarks.train_step import cpu_kind, cpu_name, versions
 
     devices = jax.devices()
     return {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
-            "host_cpu": cpu_name(), "host_cpus": len(os.sched_getaffinity(0)),
+            "host_cpu": cpu_name(), "host_cpu_kind": cpu_kind(), "host_cpus": len(os.sched_getaffinity(0)),
             "versions": versions(importlib.util.find_spec("torch") is not None)}
 
 

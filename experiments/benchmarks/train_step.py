@@ -25,7 +25,10 @@ of the same model's FLOPs, when torch ran.
 
 Timing: after warm-up, ``--repeats`` timed runs of ``--steps`` steps per framework,
 interleaved (jax, torch, jax, torch, ...) so both see the same machine load; images/s
-is the median over runs. ``--threads N`` gives torch N threads (``torch.set_num_threads``)
+is the median over runs, ``ratio`` the ratio of the medians and ``ratio_runs`` the ratio of
+each interleaved pair (steadier where the machine's speed drifts between runs). The JSON
+names the processor by its model name and, as ``host_cpu_kind``, its family, model and vector
+extension, which the CPU figures depend on. ``--threads N`` gives torch N threads (``torch.set_num_threads``)
 and, when N is below the CPUs this process may use, pins the whole process to N CPUs
 (``sched_setaffinity``), which is what bounds XLA's CPU thread pool: XLA's
 ``--xla_cpu_multi_thread_eigen`` flag did not change a 2-thread matmul's speed on
@@ -146,6 +149,45 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kind(cpuinfo: str | None = None) -> dict[str, Any] | None:
+    """The processor's kind from ``/proc/cpuinfo`` (its first CPU): vendor, family, model and vector ISA.
+
+    The model name alone does not tell processors apart that the CPU figures depend on
+    (virtual machines report "AMD EPYC" for AVX2 and AVX-512 generations alike), so the JSON
+    records the widest vector extension (``avx512``, ``avx2``, ``avx``, ``sse``) and AMX.
+    None where there is no ``/proc/cpuinfo`` (not Linux).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first CPU's block is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse", "sse2"))
+                if flag in flags), None)
+    return {"vendor": fields.get("vendor_id"), "family": fields.get("cpu family"), "model": fields.get("model"),
+            "model_name": fields.get("model name"), "isa": isa, "amx": "amx_tile" in flags}
+
+
+def cpu_kind_label(kind: dict[str, Any] | None) -> str:
+    """``"AMD EPYC (family 26, model 2, avx512)"``: the model name with what tells the kinds apart."""
+    if kind is None:
+        return cpu_name()
+    extras = ", ".join(filter(None, (f"family {kind['family']}" if kind["family"] else None,
+                                     f"model {kind['model']}" if kind["model"] else None,
+                                     kind["isa"], "amx" if kind["amx"] else None)))
+    return f"{kind['model_name'] or cpu_name()} ({extras})" if extras else (kind["model_name"] or cpu_name())
+
+
 def xla_flops(compiled: Any) -> tuple[float | None, str]:
     """FLOPs of a compiled XLA program by its ``cost_analysis()`` and where the number came from."""
     try:
@@ -187,7 +229,7 @@ def jax_peak_device_mb(device: Any) -> float | None:
 
 def device_name(device: Any) -> str:
     """``platform: model`` of a JAX device (the processor's name on CPU)."""
-    return f"{device.platform}: {cpu_name() if device.platform == 'cpu' else device.device_kind}"
+    return f"{device.platform}: {cpu_kind_label(cpu_kind()) if device.platform == 'cpu' else device.device_kind}"
 
 
 def versions(with_torch: bool) -> dict[str, str]:
@@ -415,6 +457,16 @@ def summarize(bench: Bench, batch: int, steps: int) -> dict[str, Any]:
             "losses": [round(v, 4) for v in bench.losses], **bench.setup}
 
 
+def paired_ratios(jax_runs: list[float], torch_runs: list[float]) -> list[float]:
+    """JAX's speed over torch's for each interleaved pair of runs (the times of run i of each).
+
+    Adjacent runs share the machine's state, so on a machine whose speed drifts (a shared
+    virtual machine: 20% between runs of the same work) the ratios of pairs spread less than
+    the frameworks' own rates; the headline ``ratio`` stays the ratio of the medians.
+    """
+    return [round(t / j, 3) for j, t in zip(jax_runs, torch_runs, strict=True)]
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -524,11 +576,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     j, t = rows["jax"], rows.get("torch")
     tb = next((b for b in benches if isinstance(b, TorchBench)), None)
+    if tb is not None:
+        pairs = paired_ratios(jb.runs, tb.runs)
+        print(f"jax / torch per interleaved run: {pairs}, median {statistics.median(pairs):.3f}")
     result = {
         "model": args.model, "batch": args.batch,
         "jax_img_per_s": round(j["img_per_s"], 3),
         "torch_img_per_s": None if t is None else round(t["img_per_s"], 3),
         "ratio": None if t is None else round(j["img_per_s"] / t["img_per_s"], 3),
+        "ratio_runs": None if tb is None else paired_ratios(jb.runs, tb.runs),
         "jax_gflops": None if j["gflops"] is None else round(j["gflops"], 1),
         "torch_gflops": None if t is None or t["gflops"] is None else round(t["gflops"], 1),
         "jax_direct_gflops": None if direct is None else round(direct, 1),
@@ -555,7 +611,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "conv_impl": args.conv_impl,
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in load_end],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_name(jax.devices()[0]), "host_cpu": cpu_name(), "versions": versions(t is not None),
+        "device": device_name(jax.devices()[0]), "host_cpu": cpu_name(), "host_cpu_kind": cpu_kind(),
+        "versions": versions(t is not None),
     }
     print(json.dumps(result))
     return result
