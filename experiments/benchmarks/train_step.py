@@ -139,14 +139,12 @@ def release_free_heap() -> bool:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor's model name (``/proc/cpuinfo``; where there is none, what ``platform`` says)."""
+    return _model_name(cpu_kind())
+
+
+def _model_name(kind: dict[str, Any] | None) -> str:
+    return (kind and kind["model_name"]) or platform.processor() or platform.machine()
 
 
 def cpu_kind(cpuinfo: str | None = None) -> dict[str, Any] | None:
@@ -180,12 +178,13 @@ def cpu_kind(cpuinfo: str | None = None) -> dict[str, Any] | None:
 
 def cpu_kind_label(kind: dict[str, Any] | None) -> str:
     """``"AMD EPYC (family 26, model 2, avx512)"``: the model name with what tells the kinds apart."""
+    name = _model_name(kind)
     if kind is None:
-        return cpu_name()
-    extras = ", ".join(filter(None, (f"family {kind['family']}" if kind["family"] else None,
-                                     f"model {kind['model']}" if kind["model"] else None,
-                                     kind["isa"], "amx" if kind["amx"] else None)))
-    return f"{kind['model_name'] or cpu_name()} ({extras})" if extras else (kind["model_name"] or cpu_name())
+        return name
+    parts = [f"family {kind['family']}" if kind["family"] else None,
+             f"model {kind['model']}" if kind["model"] else None, kind["isa"], "amx" if kind["amx"] else None]
+    extras = ", ".join(p for p in parts if p)
+    return f"{name} ({extras})" if extras else name
 
 
 def xla_flops(compiled: Any) -> tuple[float | None, str]:
@@ -576,15 +575,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     j, t = rows["jax"], rows.get("torch")
     tb = next((b for b in benches if isinstance(b, TorchBench)), None)
-    if tb is not None:
-        pairs = paired_ratios(jb.runs, tb.runs)
+    pairs = None if tb is None else paired_ratios(jb.runs, tb.runs)
+    if pairs is not None:
         print(f"jax / torch per interleaved run: {pairs}, median {statistics.median(pairs):.3f}")
     result = {
         "model": args.model, "batch": args.batch,
         "jax_img_per_s": round(j["img_per_s"], 3),
         "torch_img_per_s": None if t is None else round(t["img_per_s"], 3),
         "ratio": None if t is None else round(j["img_per_s"] / t["img_per_s"], 3),
-        "ratio_runs": None if tb is None else paired_ratios(jb.runs, tb.runs),
+        "ratio_runs": pairs,
         "jax_gflops": None if j["gflops"] is None else round(j["gflops"], 1),
         "torch_gflops": None if t is None or t["gflops"] is None else round(t["gflops"], 1),
         "jax_direct_gflops": None if direct is None else round(direct, 1),
