@@ -64,8 +64,9 @@ def test_the_step_applies_the_gradient_of_compute_loss():
     np.testing.assert_allclose(float(metrics["total"]), float(aux.parts["total"]), rtol=1e-6)
     for old, new, g in zip(_leaves(state.params), _leaves(new_state.params), _leaves(grads), strict=True):
         np.testing.assert_allclose(old - new, g, rtol=1e-4, atol=1e-6)
+    # the same statistics; the two programs are compiled apart and may fuse their reductions apart (about 1 ulp)
     for a, b in zip(_leaves(new_state.batch_stats), _leaves(aux.batch_stats), strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
 
 
 def test_data_parallel_step_is_the_same_function_over_the_data_axis():
