@@ -128,13 +128,14 @@ def batch_moments(x: Array, axes: tuple[int, ...], axis_name: str | None = None)
     first_mean = mean_axis_by_axis(x, axes)
     if axis_name is not None:
         first_mean = lax.pmean(first_mean, axis_name)
-    deviation = x - lax.stop_gradient(first_mean)
+    first_mean = lax.stop_gradient(first_mean)
+    deviation = x - first_mean
     correction = mean_axis_by_axis(deviation, axes)
     mean_square = mean_axis_by_axis(jnp.square(deviation), axes)
     if axis_name is not None:
         correction, mean_square = lax.pmean((correction, mean_square), axis_name)
     var = jnp.maximum(mean_square - jnp.square(correction), 0.0)
-    return lax.stop_gradient(first_mean) + correction, var, n
+    return first_mean + correction, var, n
 
 
 def mean_axis_by_axis(x: Array, axes: tuple[int, ...]) -> Array:
