@@ -63,13 +63,23 @@ def test_written_out_gradients_hold_less_memory_than_autodiff(form):
         assert _rel_err(a, b) <= TOL
 
 
-def test_winograd_backward_in_batch_chunks_matches_xla(monkeypatch):
-    """A layer with large tiles runs its backward pass in batch chunks; the gradients are the same."""
-    monkeypatch.setattr(winograd, "BACKWARD_CHUNK_BYTES", 1024)
-    assert winograd._backward_chunks((8, 7, 9, 5), 6, ((1, 1), (1, 1))) == 8
-    assert winograd._backward_chunks((6, 7, 9, 5), 6, ((1, 1), (1, 1))) == 2  # halves while the batch divides
+def test_batch_chunk_is_the_largest_divisor_of_the_batch_within_the_budget():
+    pads = ((1, 1), (1, 1))
+    per_image = 16 * 4 * 5 * 6 * 4  # a 7x9 map: 4x5 tiles of max(cin=5, cout=6) float32 values
+    assert winograd.batch_chunk((8, 7, 9, 5), 6, pads, 3 * per_image) == 2
+    assert winograd.batch_chunk((6, 7, 9, 5), 6, pads, 3 * per_image) == 3  # any divisor, not only powers of two
+    assert winograd.batch_chunk((6, 7, 9, 5), 6, pads, 10 * per_image) == 6
+    assert winograd.batch_chunk((6, 7, 9, 5), 6, pads, per_image // 2) == 1  # one image, however large
+    assert winograd.batch_chunk((8, 7, 9, 5), 6, pads, 3 * per_image, jnp.bfloat16) == 4  # half the bytes per value
+
+
+def test_winograd_in_batch_chunks_matches_xla(monkeypatch):
+    """Forward (a loop over chunks) and backward (unrolled chunks) in chunks: the same values and gradients."""
+    per_image = 16 * 4 * 5 * 6 * 4
+    monkeypatch.setattr(winograd, "FORWARD_CHUNK_BYTES", 2 * per_image)  # 4 chunks of 2
+    monkeypatch.setattr(winograd, "BACKWARD_CHUNK_BYTES", 3 * per_image)  # 3 chunks of 3 (batch 9)
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((8, 7, 9, 5)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((9, 7, 9, 5)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 6)) / 7, jnp.float32)
 
     def grads(fn):
@@ -79,6 +89,26 @@ def test_winograd_backward_in_batch_chunks_matches_xla(monkeypatch):
     ref = jax.jit(lambda: grads(lambda x, k: conv2d_xla(x, k, 1, 1)))()
     ours = jax.jit(lambda: grads(lambda x, k: conv2d_winograd(x, k)))()
     for a, b in zip(ours, ref, strict=True):
+        assert a.shape == b.shape and _rel_err(a, b) <= TOL
+
+
+def test_winograd_in_batch_chunks_holds_less_memory(monkeypatch):
+    """XLA's temporaries of a chain's gradient: chunked passes against whole-batch passes."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((8, 16, 16, 32)), jnp.float32)
+    kernels = [jnp.asarray(rng.standard_normal((3, 3, 32, 32)) / 50, jnp.float32) for _ in range(3)]
+    per_image = 16 * 8 * 8 * 32 * 4
+
+    def temp_bytes(budget):
+        monkeypatch.setattr(winograd, "FORWARD_CHUNK_BYTES", budget)
+        monkeypatch.setattr(winograd, "BACKWARD_CHUNK_BYTES", budget)
+        grad = _chain_grad(lambda x, k: conv2d_winograd(x, k), kernels)
+        return _temp_bytes(grad, x, kernels), grad(x, kernels)
+
+    whole, whole_grads = temp_bytes(2**40)
+    chunked, chunked_grads = temp_bytes(2 * per_image)
+    assert chunked < 0.8 * whole
+    for a, b in zip(jax.tree.leaves(chunked_grads), jax.tree.leaves(whole_grads), strict=True):
         assert _rel_err(a, b) <= TOL
 
 

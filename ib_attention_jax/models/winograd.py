@@ -26,11 +26,11 @@ during the forward pass, as soon as its input exists, and keep it; it also drops
 stacked tiles (input and output-gradient tiles) are one broadcast expression over the stack
 (:func:`_stacked_sums`), one fusion that writes the stack directly; the output and
 input-gradient transforms are written entry by entry (:func:`_two_sided`, no intermediate
-shared between outputs), so each entry fuses into one pass over memory. Layers whose tiles
-exceed ``BACKWARD_CHUNK_BYTES`` run their backward pass in batch chunks, one after the
-other. In the CPU train step at batch 32 this took XLA's temporaries from 1311 to 666 MB
-(``vgg_aib``) and from 3.5 GB to 1.7 GB (``wrn_aib``, with the slices form's written-out
-gradient in ``conv.py``).
+shared between outputs), so each entry fuses into one pass over memory. In the CPU train
+step at batch 32 this took XLA's temporaries from 1311 to 666 MB (``vgg_aib``) and from
+3.5 GB to 1.7 GB (``wrn_aib``, with the slices form's written-out gradient in ``conv.py``).
+Both passes run in batch chunks small enough for a chunk's tiles to stay in cache
+(``FORWARD_CHUNK_BYTES``, ``BACKWARD_CHUNK_BYTES``), one chunk after the other.
 
 Why here: on CPU the train step of the wide models spends over 90% of its time in 3x3
 stride-1 convolutions, and the matmul is already near the machine's peak, so fewer
@@ -57,9 +57,24 @@ _G_KRON = np.kron(_G, _G)  # (16, 9): row 4a+b, column 3i+j holds G[a, i] * G[b,
 _BB = np.kron(_BT, _BT)  # (16, 16): B^T d B of a tile, row 4a+b, column 4i+j (entry d[i, j])
 _AA = np.kron(_AT.T, _AT.T)  # (16, 4): A dy A^T of a 2x2 output-gradient block, column 2i+j
 
-# The backward pass of a layer whose tiles (16 x tiles x max(cin, cout) float32) are larger runs
-# in batch chunks of at most this size, one after the other, to bound the step's peak memory.
-BACKWARD_CHUNK_BYTES = 64 * 2**20
+# Both passes run in batch chunks, one after the other, so that one chunk's input tiles,
+# products and output transform stay in the processor's cache instead of streaming through
+# memory, and the step's peak memory stays bounded. A forward chunk's tiles (16 x tiles x
+# max(cin, cout) values) are at most FORWARD_CHUNK_BYTES, a backward chunk's at most
+# BACKWARD_CHUNK_BYTES. The forward pass loops (lax.map: one compiled body, whatever the
+# number of chunks); the backward pass is unrolled, because XLA's CPU buffer assignment gave
+# every backward loop body its own memory (vgg_aib's step at batch 32: 928 MB of temporaries
+# against 576 MB unrolled), and takes larger chunks to bound the compile time. Measured at
+# batch 32 on 2 cores of an AMD EPYC (AVX-512), layer by layer, ms, whole batch against
+# chunks: forward 32x32x128->128 81 against 47, 32x32x256->256 245 against 149,
+# 16x16x512->512 169 against 134; backward (8 / 16 / 64 MiB chunks, whole batch)
+# 32x32x64->64 65 / 79 / 91, 94; 32x32x128->128 112 / 110 / 138, 143; 32x32x256->256
+# 309 / 327 / 373, 400; 16x16x512->512 285 / 270 / 280, 290. The train step against the
+# previous whole-batch forward and 64 MiB backward chunks, compiled in one process and timed
+# alternately: vgg_aib 1.053x (temporaries 631 -> 576 MB, compile 10 -> 14 s), wrn_aib 1.054x
+# (1274 -> 1360 MB, 28 -> 41 s).
+FORWARD_CHUNK_BYTES = 8 * 2**20
+BACKWARD_CHUNK_BYTES = 16 * 2**20
 
 
 def _signed_sum(terms: list[tuple[int, Array]]) -> Array:
@@ -154,18 +169,30 @@ def _input_tiles(x: Array, padding: Padding, th: int, tw: int) -> Array:
     return _stacked_sums(_BB, _tile_entries(xp, th, tw)).reshape(16, b * th * tw, c)
 
 
-def _forward(x: Array, kernel: Array, padding: Padding) -> Array:
+def _forward_tiles(x: Array, u: Array, padding: Padding) -> Array:
+    """The convolution of ``x`` with the transformed kernel ``u`` (16, cin, cout), all of ``x`` at once."""
     b, h, w, c = x.shape
-    cout = kernel.shape[3]
+    cout = u.shape[2]
     ho, wo, th, tw = _geometry(x.shape, padding)
     v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, c)
-    m = lax.dot_general(v, winograd_kernel(kernel), (((2,), (1,)), ((0,), (0,))))  # (16, b*th*tw, cout)
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # (16, b*th*tw, cout)
     m = m.reshape(16, b, th, tw, cout)
 
     out = _two_sided(_AT, _AT, {(a, c): m[4 * a + c] for a in range(4) for c in range(4)})  # (b, th, tw, cout) each
     y = jnp.stack([jnp.stack([out[(i, 0)], out[(i, 1)]], axis=3) for i in range(2)], axis=2)  # (b, th, 2, tw, 2, cout)
     y = y.reshape(b, 2 * th, 2 * tw, cout)
     return y[:, :ho, :wo]  # drops the extra row/column of odd sizes
+
+
+def _forward(x: Array, kernel: Array, padding: Padding) -> Array:
+    """The convolution, one batch chunk after the other (:func:`batch_chunk`); the kernel transformed once."""
+    u = winograd_kernel(kernel)  # (16, cin, cout)
+    chunk = batch_chunk(x.shape, kernel.shape[3], padding, FORWARD_CHUNK_BYTES, x.dtype)
+    if chunk == x.shape[0]:
+        return _forward_tiles(x, u, padding)
+    chunks = x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
+    y = lax.map(lambda xc: _forward_tiles(xc, u, padding), chunks)  # (n, chunk, ho, wo, cout)
+    return y.reshape(x.shape[0], *y.shape[2:])
 
 
 def _output_gradient_tiles(dy: Array, th: int, tw: int) -> Array:
@@ -177,7 +204,7 @@ def _output_gradient_tiles(dy: Array, th: int, tw: int) -> Array:
     return _stacked_sums(_AA, parts).reshape(16, b * th * tw, cout)
 
 
-def _input_gradient(dm: Array, kernel: Array, x_shape: tuple[int, ...], padding: Padding) -> Array:
+def _input_gradient(dm: Array, u: Array, x_shape: tuple[int, ...], padding: Padding) -> Array:
     """dL/dx from the product-tile gradients ``dm``: ``B [dm U^T] B^T`` summed back over the overlapping tiles.
 
     Entry (i, j) of tile (t, s) came from padded-input position (2t+i, 2s+j), so input
@@ -185,7 +212,7 @@ def _input_gradient(dm: Array, kernel: Array, x_shape: tuple[int, ...], padding:
     """
     b, h, w, c = x_shape
     _, _, th, tw = _geometry(x_shape, padding)
-    dv = lax.dot_general(dm, winograd_kernel(kernel), (((2,), (2,)), ((0,), (0,))))  # (16, b*th*tw, cin)
+    dv = lax.dot_general(dm, u, (((2,), (2,)), ((0,), (0,))))  # (16, b*th*tw, cin)
     dv = dv.reshape(16, b, th, tw, c)
     entries = _two_sided(_BT.T, _BT.T, {(a, e): dv[4 * a + e] for a in range(4) for e in range(4)})  # (b, th, tw, c)
     shifted = {ij: _pad_spatial(e, (1, 2), ((ij[0] // 2, 1 - ij[0] // 2), (ij[1] // 2, 1 - ij[1] // 2)))
@@ -198,14 +225,17 @@ def _input_gradient(dm: Array, kernel: Array, x_shape: tuple[int, ...], padding:
     return _pad_spatial(dxp, (1, 2), ((-top, -bottom), (-left, -right)))  # the padding's rows/columns dropped
 
 
-def _kernel_gradient(x: Array, dm: Array, padding: Padding) -> Array:
-    """dL/dkernel: ``G^T [sum over tiles (B^T d B)^T dm] G``, 16 batched (cin x tiles) @ (tiles x cout)."""
-    c, cout = x.shape[3], dm.shape[2]
+def _tile_gradient(x: Array, dm: Array, padding: Padding) -> Array:
+    """dL/du of the transformed kernel: ``sum over tiles (B^T d B)^T dm``, 16 batched (cin x tiles) @ (tiles x cout)."""
     _, _, th, tw = _geometry(x.shape, padding)
     v = _input_tiles(x, padding, th, tw)  # (16, b*th*tw, cin)
-    du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
-    # G^T du G for every channel pair, as one product (see winograd_kernel): (9, cin*cout)
-    dk = jnp.dot(jnp.asarray(_G_KRON.T, du.dtype), du.reshape(16, -1))
+    return lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (16, cin, cout)
+
+
+def _kernel_gradient(du: Array) -> Array:
+    """dL/dkernel from dL/du: ``G^T du G`` for every channel pair, as one product (see winograd_kernel)."""
+    _, c, cout = du.shape
+    dk = jnp.dot(jnp.asarray(_G_KRON.T, du.dtype), du.reshape(16, -1))  # (9, cin*cout)
     return dk.reshape(3, 3, c, cout)
 
 
@@ -230,32 +260,40 @@ def _winograd_fwd(x: Array, kernel: Array, padding: Padding) -> tuple[Array, tup
     return _forward(x, kernel, padding), (x, kernel)  # keeps the input, not its 4x larger tiles
 
 
-def _backward_chunks(x_shape: tuple[int, ...], cout: int, padding: Padding) -> int:
-    """How many batch chunks the backward pass takes: each chunk's tiles at most ``BACKWARD_CHUNK_BYTES``."""
+def batch_chunk(x_shape: tuple[int, ...], cout: int, padding: Padding, budget_bytes: int,
+                dtype: jnp.dtype = jnp.float32) -> int:
+    """Images per chunk: the largest divisor of the batch whose tiles fit ``budget_bytes``.
+
+    A chunk's tiles are 16 x tiles x max(cin, cout) values; at least one image per chunk,
+    however large its tiles.
+    """
     _, _, th, tw = _geometry(x_shape, padding)
-    tile_bytes = 16 * x_shape[0] * th * tw * max(x_shape[3], cout) * 4
-    chunks = 1
-    while tile_bytes > chunks * BACKWARD_CHUNK_BYTES and x_shape[0] % (2 * chunks) == 0:
-        chunks *= 2
-    return chunks
+    per_image = 16 * th * tw * max(x_shape[3], cout) * jnp.dtype(dtype).itemsize
+    batch = x_shape[0]
+    return max((d for d in range(1, batch + 1) if batch % d == 0 and d * per_image <= budget_bytes), default=1)
 
 
 def _winograd_bwd(padding: Padding, residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     x, kernel = residuals
     _, _, th, tw = _geometry(x.shape, padding)
-    chunks = _backward_chunks(x.shape, kernel.shape[3], padding)
-    step = x.shape[0] // chunks
-    dxs, dk = [], None
-    for i in range(chunks):  # one batch chunk after the other: each one's tiles are freed before the next
-        xc, dyc = x[i * step:(i + 1) * step], dy[i * step:(i + 1) * step]
-        if dk is not None:
-            dyc = after(dyc, dk)
+    # after(): the backward's kernel transform is its own, not the forward's kept until now
+    u = winograd_kernel(after(kernel, dy))
+
+    def one_chunk(xc: Array, dyc: Array) -> tuple[Array, Array]:
         dm = _output_gradient_tiles(dyc, th, tw)  # (16, chunk*th*tw, cout), shared by both gradients
-        # after(): the backward's kernel transform is its own, not the forward's kept until now
-        dxs.append(_input_gradient(dm, after(kernel, dyc), xc.shape, padding))
-        part = _kernel_gradient(after(xc, dyc), dm, padding)
-        dk = part if dk is None else dk + part
-    return (dxs[0] if chunks == 1 else jnp.concatenate(dxs)), dk
+        # after(): the input tiles are rebuilt once dy exists, not during the forward pass and kept
+        return _input_gradient(dm, u, xc.shape, padding), _tile_gradient(after(xc, dyc), dm, padding)
+
+    chunk = batch_chunk(x.shape, kernel.shape[3], padding, BACKWARD_CHUNK_BYTES, x.dtype)
+    dxs, du = [], None
+    for start in range(0, x.shape[0], chunk):  # one chunk after the other: each one's tiles are freed before the next
+        xc, dyc = x[start:start + chunk], dy[start:start + chunk]
+        if du is not None:
+            dyc = after(dyc, du)
+        dxc, duc = one_chunk(xc, dyc)
+        dxs.append(dxc)
+        du = duc if du is None else du + duc
+    return jnp.concatenate(dxs), _kernel_gradient(du)
 
 
 _winograd.defvjp(_winograd_fwd, _winograd_bwd)
