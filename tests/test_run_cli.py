@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).parent.parent
 QUICKSTART = "--config=experiments/configs/quickstart.py"
 SMALL = ["--config.batch_size=16", "--config.eval_batch_size=32", "--config.train_split=train[:512]",
          "--config.eval_split=test[:64]", "--config.eval_num_samples=2", "--config.progress=False",
-         "--config.export_examples=4"]
+         "--config.export_examples=4", "--config.attention_metrics_examples=0"]  # scored in test_training_loop
 OPTIONS = ["--config.model_kwargs.latent_dim=32", "--config.model_kwargs.conv_impl=xla"]  # typed from the builder
 
 

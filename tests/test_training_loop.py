@@ -20,8 +20,11 @@ from ib_attention_jax.training.checkpoint import Checkpointer
 from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV, NonFiniteLossError, build_experiment
 
 REPO = pathlib.Path(__file__).parent.parent
+# Deletion/insertion scoring (about 60 forward passes per 32 test examples) is off in these runs: it took 16 s
+# of each 23 s CLI run here. test_train_evaluate_and_export_write_their_outputs runs it, at 4 steps.
 SMALL = ["--config.batch_size=16", "--config.eval_batch_size=32", "--config.train_split=train[:512]",
-         "--config.eval_split=test[:64]", "--config.eval_num_samples=2", "--config.progress=False"]
+         "--config.eval_split=test[:64]", "--config.eval_num_samples=2", "--config.progress=False",
+         "--config.attention_metrics_examples=0"]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +38,7 @@ def small_config(data_dir: str, **overrides):
     c = quickstart()
     c.update(dict(data_dir=data_dir, batch_size=16, eval_batch_size=32, train_split="train[:512]",
                   eval_split="test[:64]", eval_num_samples=2, progress=False, num_steps=4, log_every_steps=1,
-                  export_examples=8))
+                  export_examples=8, attention_metrics_examples=0))
     c.update(overrides)
     return c
 
@@ -56,9 +59,13 @@ def final_params(workdir, data_dir, step: int):
 
 
 def test_train_evaluate_and_export_write_their_outputs(tmp_path, data_dir):
-    summary = train_mode(small_config(data_dir, model="small_aib_qt"), str(tmp_path))
+    config = small_config(data_dir, model="small_aib_qt", attention_metrics_examples=32, attention_metrics_steps=4)
+    summary = train_mode(config, str(tmp_path))
     for key in ("test_accuracy_mc", "test_accuracy_mean", "pointing_game", "energy_in_box", "wall_seconds"):
         assert key in summary
+    assert summary["attention_metrics_examples"] == 32 and summary["curve_fractions"] == [0, 0.25, 0.5, 0.75, 1]
+    for key in ("deletion_auc", "insertion_auc", "deletion_auc_random", "insertion_auc_random"):
+        assert 0 <= summary[key] <= 1, (key, summary[key])
     assert summary["num_eval_examples"] == 64
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["steps"] == 4 and 0 <= saved["pointing_game"] <= 1

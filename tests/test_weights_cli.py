@@ -23,7 +23,7 @@ SMALL_WRN = ["--config.model_kwargs.depth=10", "--config.model_kwargs.widen=2", 
              "--config.model_kwargs.conv_impl=xla"]
 QUICK = ["--config=experiments/configs/quickstart.py", "--config.model_kwargs.conv_impl=xla",
          "--config.eval_batch_size=32", "--config.eval_split=test[:64]", "--config.eval_num_samples=2",
-         "--config.progress=False", "--config.export_examples=4"]
+         "--config.progress=False", "--config.export_examples=4", "--config.attention_metrics_examples=0"]
 
 
 def cli(workdir, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
