@@ -21,7 +21,7 @@ from ib_attention_jax.training.loop import KILL_AFTER_STEP_ENV, NonFiniteLossErr
 
 REPO = pathlib.Path(__file__).parent.parent
 # Deletion/insertion scoring (about 60 forward passes per 32 test examples) is off in these runs: it took 16 s
-# of each 23 s CLI run here. test_train_evaluate_and_export_write_their_outputs runs it, at 4 steps.
+# of a 23 s six-step run on 2 CPU cores. test_train_evaluate_and_export_write_their_outputs runs it, at 4 steps.
 SMALL = ["--config.batch_size=16", "--config.eval_batch_size=32", "--config.train_split=train[:512]",
          "--config.eval_split=test[:64]", "--config.eval_num_samples=2", "--config.progress=False",
          "--config.attention_metrics_examples=0"]
